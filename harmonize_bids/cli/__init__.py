@@ -1,0 +1,1 @@
+"""Command-line interface: ``parser`` builds and checks options, ``run`` orchestrates."""

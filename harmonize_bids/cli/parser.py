@@ -1,0 +1,150 @@
+"""The BIDS-App command line, spelled like fMRIPrep/MRIQC.
+
+``_build_parser`` only builds argparse; ``parse_args`` checks the options and
+returns a frozen :class:`~harmonize_bids.config.Settings`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from harmonize_bids import __version__
+from harmonize_bids.config import Settings
+from harmonize_bids.exceptions import InputError, UsageError
+from harmonize_bids.utils.bids import clean_labels, load_bids_filters
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with EX_USAGE (64) on a usage error, as BIDS Apps do."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.print_usage()
+        self.exit(64, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="harmonize_bids",
+        description=(
+            "Harmonize T1-weighted MRI across scanners and sites with a conditional "
+            "diffusion model (a BIDS App). The participant level preprocesses each T1w "
+            "(N4, ANTs brain extraction, registration to MNI152NLin2009aSym) and, with "
+            "--target-site, harmonizes it; the group level trains a model on the "
+            "dataset's own sites."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset")
+    parser.add_argument("output_dir", type=Path,
+                        help="root of the output derivative dataset (created if missing)")
+    parser.add_argument("analysis_level", choices=["participant", "group"],
+                        help="'participant': preprocess (and harmonize) each T1w; "
+                             "'group': train a model on the preprocessed participants")
+    parser.add_argument("--version", action="version", version=f"harmonize_bids {__version__}")
+
+    sel = parser.add_argument_group("Selecting data")
+    sel.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                     help="participants to process (the 'sub-' prefix is optional); "
+                          "default: all")
+    sel.add_argument("--session-label", "--session-id", nargs="+", metavar="LABEL",
+                     help="sessions to process (the 'ses-' prefix is optional); default: all")
+    sel.add_argument("--bids-filter-file", type=Path, metavar="FILE",
+                     help="JSON file of pybids filters, e.g. "
+                          '{"t1w": {"acquisition": "mprage", "run": null}}; '
+                          "null means 'entity absent', \"*\" means 'any'")
+    sel.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
+                     help="do not validate the input with bids-validator-deno")
+
+    site = parser.add_argument_group("Sites")
+    site.add_argument("--site-column", default="site",
+                      help="participants.tsv column that names each participant's site; "
+                           "without it, sites come from sidecar scanner fields")
+    site.add_argument("--site-from-session", action="store_true",
+                      help="use the session label as the site when participants.tsv has none")
+
+    model = parser.add_argument_group("Harmonization")
+    model.add_argument("--target-site", metavar="SITE",
+                       help="site to harmonize to; without it the participant level stops "
+                            "after preprocessing")
+    model.add_argument("--model", type=Path, metavar="FILE",
+                       help="model file (.safetensors); default: the bundled model")
+    model.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                       help="where the model runs; 'auto' uses a GPU when one is available")
+
+    perf = parser.add_argument_group("Performance and reproducibility")
+    perf.add_argument("-w", "--work-dir", type=Path, default=Path("work"),
+                      help="working directory for intermediate results; reused on rerun")
+    perf.add_argument("--nprocs", "--nthreads", "--n_cpus", type=_positive_int,
+                      default=os.cpu_count() or 1,
+                      help="maximum number of processes/threads used at once")
+    perf.add_argument("--omp-nthreads", type=_positive_int, default=None,
+                      help="threads per ANTs or model step (default: --nprocs)")
+    perf.add_argument("--mem-mb", "--mem_mb", type=_positive_int, default=None, metavar="MB",
+                      help="upper bound of memory to use, in MB (default: no bound)")
+    perf.add_argument("--random-seed", type=int, default=0,
+                      help="seed of every random step (ANTs sampling, model noise)")
+    perf.add_argument("--sloppy", action="store_true",
+                      help="fast, low-quality settings for testing (affine-only, coarse grids)")
+    perf.add_argument("--stop-on-first-crash", action="store_true",
+                      help="stop at the first failed step instead of finishing other images")
+    perf.add_argument("-v", "--verbose", action="count", default=0,
+                      help="more output (-v: every step, -vv: nipype's own log)")
+    return parser
+
+
+def _is_within(path: Path, parent: Path) -> bool:
+    path, parent = path.resolve(), parent.resolve()
+    return path == parent or parent in path.parents
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    """Parse and check the command line; raise :class:`UsageError`/:class:`InputError`."""
+    opts = _build_parser().parse_args(argv)
+    bids_dir = opts.bids_dir.absolute()
+    output_dir = opts.output_dir.absolute()
+    work_dir = opts.work_dir.absolute()
+    if not bids_dir.is_dir():
+        raise InputError(f"BIDS directory not found: {bids_dir}")
+    if output_dir.resolve() == bids_dir.resolve():
+        raise UsageError("The output directory must not be the BIDS directory; "
+                         "use e.g. <bids_dir>/derivatives/harmonize_bids.")
+    if _is_within(work_dir, bids_dir):
+        raise UsageError(f"The work directory {work_dir} must not be inside the BIDS "
+                         "directory (the input is never written to).")
+    if work_dir.resolve() == output_dir.resolve():
+        raise UsageError("The work directory must not be the output directory.")
+    if opts.model is not None and not opts.model.is_file():
+        raise InputError(f"Model file not found: {opts.model}")
+    if opts.mem_mb is not None and opts.mem_mb < 512:
+        raise UsageError(f"--mem-mb {opts.mem_mb} is too small (at least 512).")
+    omp = opts.omp_nthreads or opts.nprocs
+    return Settings(
+        bids_dir=bids_dir,
+        output_dir=output_dir,
+        analysis_level=opts.analysis_level,
+        work_dir=work_dir,
+        participant_label=clean_labels(opts.participant_label, "sub-"),
+        session_label=clean_labels(opts.session_label, "ses-"),
+        bids_filters=load_bids_filters(opts.bids_filter_file),
+        skip_bids_validation=opts.skip_bids_validation,
+        site_column=opts.site_column,
+        site_from_session=opts.site_from_session,
+        nprocs=opts.nprocs,
+        omp_nthreads=min(omp, opts.nprocs),
+        mem_mb=opts.mem_mb,
+        random_seed=opts.random_seed,
+        target_site=opts.target_site,
+        model=opts.model.absolute() if opts.model else None,
+        device=opts.device,
+        sloppy=opts.sloppy,
+        verbose=opts.verbose,
+        stop_on_first_crash=opts.stop_on_first_crash,
+    )

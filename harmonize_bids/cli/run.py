@@ -1,0 +1,177 @@
+"""Entry point of ``harmonize_bids``: parse, collect inputs, build and run the workflow."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harmonize_bids import __version__
+from harmonize_bids.config import Settings
+from harmonize_bids.exceptions import HarmonizeError, UsageError
+
+LOGGER = logging.getLogger("harmonize_bids")
+
+#: Node names reported at default verbosity, with what they mean to a user.
+MAJOR_STEPS = {
+    "reorient": "check and reorient to RAS",
+    "n4": "N4 bias-field correction",
+    "reg_head": "brain extraction (head template registration)",
+    "reg_brain": "registration to MNI152NLin2009aSym",
+    "normalize": "intensity normalization in template space",
+}
+
+
+def _setup_logging(verbose: int) -> None:
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    logging.basicConfig(level=logging.INFO if verbose == 0 else logging.DEBUG,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
+    LOGGER.setLevel(logging.INFO if verbose < 2 else logging.DEBUG)
+    level = "INFO" if verbose >= 2 else "WARNING"
+    nipype_config.update_config({"logging": {"workflow_level": level, "interface_level": level,
+                                             "utils_level": level}})
+    nipype_logging.update_logging(nipype_config)
+
+
+@dataclass
+class ProgressReporter:
+    """nipype ``status_callback``: prints each step per image and remembers failures."""
+
+    labels: dict[str, str]  # workflow name -> image label
+    verbose: int = 0
+    failed: dict[str, list[str]] = field(default_factory=dict)
+    _started: dict[str, float] = field(default_factory=dict)
+
+    def _label(self, node) -> str:
+        for part in node.fullname.split("."):
+            if part in self.labels:
+                return self.labels[part]
+        return "?"
+
+    def __call__(self, node, status: str) -> None:
+        label = self._label(node)
+        step = MAJOR_STEPS.get(node.name)
+        if status == "start":
+            self._started[node.fullname] = time.monotonic()
+            if step:
+                LOGGER.info("[%s] %s ...", label, step)
+        elif status == "end":
+            elapsed = time.monotonic() - self._started.pop(node.fullname, time.monotonic())
+            if step or self.verbose:
+                LOGGER.info("[%s] %s done (%.1f s)", label, step or node.name, elapsed)
+        elif status == "exception":
+            self.failed.setdefault(label, []).append(node.name)
+            LOGGER.error("[%s] FAILED at %s", label, step or node.name)
+
+
+def build_workflow(settings: Settings):
+    """Collect the inputs and build the nipype workflow; return (workflow, records)."""
+    from harmonize_bids.utils import bids as bids_utils
+    from harmonize_bids.workflows.base import init_harmonize_bids_wf
+
+    layout = bids_utils.load_layout(settings.bids_dir)
+    if not settings.skip_bids_validation:
+        LOGGER.info("Validating %s with bids-validator-deno ...", settings.bids_dir)
+        bids_utils.validate_dataset(settings.bids_dir, settings.participant_label,
+                                    settings.work_dir / "bids_validation")
+    files = bids_utils.collect_t1w(layout, settings.participant_label, settings.session_label,
+                                   settings.bids_filters)
+    records = bids_utils.resolve_sites(layout, files, settings.site_column,
+                                       settings.site_from_session)
+    LOGGER.info("Selected %d T1w image(s) from %d participant(s). Sites:\n%s", len(records),
+                len({r.subject for r in records}), bids_utils.format_site_table(records))
+    workflow = init_harmonize_bids_wf(
+        records=records, output_dir=settings.output_dir, omp_nthreads=settings.omp_nthreads,
+        sloppy=settings.sloppy, random_seed=settings.random_seed)
+    workflow.base_dir = str(settings.work_dir)
+    workflow.config["execution"] = {
+        "crashdump_dir": str(settings.work_dir / "crash"),
+        "crashfile_format": "txt",
+        "hash_method": "content",
+        "stop_on_first_crash": settings.stop_on_first_crash,
+        "remove_unnecessary_outputs": False,
+        "check_version": False,
+    }
+    return workflow, records
+
+
+def _run_participant(settings: Settings) -> int:
+    from harmonize_bids.derivatives import OUTPUTS, derivative_path, init_derivatives
+    from harmonize_bids.workflows.base import workflow_name
+    from harmonize_bids.workflows.outputs import ANAT_OUTPUTS
+
+    if settings.target_site is not None:
+        raise UsageError(
+            "--target-site needs the harmonization model, which this version does not "
+            "include yet. Run without --target-site to preprocess."
+        )
+    workflow, records = build_workflow(settings)
+    init_derivatives(settings.output_dir, settings.bids_dir)
+    config_file = settings.to_filename(settings.work_dir / "config.toml")
+    LOGGER.info("Settings written to %s", config_file)
+
+    reporter = ProgressReporter({workflow_name(r): r.label for r in records}, settings.verbose)
+    plugin_args = {"n_procs": settings.nprocs, "raise_insufficient": False,
+                   "status_callback": reporter}
+    if settings.mem_mb:
+        plugin_args["memory_gb"] = settings.mem_mb / 1024
+    started = time.monotonic()
+    try:
+        workflow.run(plugin="MultiProc", plugin_args=plugin_args)
+    except RuntimeError as err:  # nipype: "Workflow did not execute cleanly"
+        LOGGER.debug("nipype: %s", err)
+    elapsed = time.monotonic() - started
+
+    rows, n_failed = [], 0
+    for rec in records:
+        missing = [k for k in ANAT_OUTPUTS.values()
+                   if k in OUTPUTS and not derivative_path(settings.output_dir, rec.entities, k).exists()]
+        failed = rec.label in reporter.failed or bool(missing)
+        n_failed += failed
+        why = ",".join(reporter.failed.get(rec.label, [])) or (f"missing {missing[0]}" if missing else "")
+        rows.append(f"  {rec.label:<40} {rec.site:<20} {'FAILED ' + why if failed else 'ok'}")
+    LOGGER.info("Summary (%.0f s):\n%s", elapsed, "\n".join(rows))
+    if n_failed:
+        LOGGER.error("%d of %d image(s) failed; crash reports in %s", n_failed, len(records),
+                     settings.work_dir / "crash")
+        return 1
+    LOGGER.info("Outputs in %s", settings.output_dir)
+    return 0
+
+
+def run(settings: Settings) -> int:
+    """Run the analysis level asked for; return the exit code."""
+    LOGGER.info("harmonize_bids %s: %s level", __version__, settings.analysis_level)
+    LOGGER.info("  input   %s\n  output  %s\n  work    %s\n  seed    %d%s", settings.bids_dir,
+                settings.output_dir, settings.work_dir, settings.random_seed,
+                "  (sloppy)" if settings.sloppy else "")
+    if settings.analysis_level == "group":
+        raise UsageError("The group level (model training) is not available in this version.")
+    return _run_participant(settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the process exit code."""
+    from harmonize_bids.cli.parser import parse_args
+
+    try:
+        settings = parse_args(argv)
+    except HarmonizeError as err:
+        print(f"harmonize_bids: error: {err}", file=sys.stderr)
+        return err.exit_code
+    _setup_logging(settings.verbose)
+    try:
+        return run(settings)
+    except HarmonizeError as err:
+        LOGGER.error("%s", err)
+        return err.exit_code
+    except KeyboardInterrupt:
+        LOGGER.error("Interrupted.")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

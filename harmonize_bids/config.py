@@ -1,0 +1,80 @@
+"""Resolved settings of one run, passed explicitly (no module-level state).
+
+``parse_args`` in :mod:`harmonize_bids.cli.parser` builds a :class:`Settings`;
+:meth:`Settings.to_filename` writes it as TOML into the work directory so any
+run can be repeated and audited (random seed included).
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+AnalysisLevel = Literal["participant", "group"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs to know, after validation of the command line."""
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: AnalysisLevel
+    work_dir: Path
+    participant_label: tuple[str, ...] = ()
+    session_label: tuple[str, ...] = ()
+    bids_filters: dict[str, Any] = field(default_factory=dict)
+    skip_bids_validation: bool = False
+    site_column: str = "site"
+    site_from_session: bool = False
+    nprocs: int = 1
+    omp_nthreads: int = 1
+    mem_mb: int | None = None
+    random_seed: int = 0
+    target_site: str | None = None
+    model: Path | None = None
+    device: Device = "auto"
+    sloppy: bool = False
+    verbose: int = 0
+    stop_on_first_crash: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, TOML-serializable view (paths as strings, None dropped)."""
+        out = {}
+        for key, value in dataclasses.asdict(self).items():
+            if value is None:
+                continue
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[key] = value
+        return out
+
+    def to_filename(self, path: Path) -> Path:
+        """Write the settings as TOML; return the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(tomli_w.dumps({"harmonize_bids": self.to_dict()}))
+        return path
+
+    @classmethod
+    def from_filename(cls, path: Path) -> "Settings":
+        """Read settings written by :meth:`to_filename`."""
+        data = tomllib.loads(Path(path).read_text())["harmonize_bids"]
+        kwargs: dict[str, Any] = {}
+        for fld in dataclasses.fields(cls):
+            if fld.name not in data:
+                continue
+            value = data[fld.name]
+            if fld.name in ("bids_dir", "output_dir", "work_dir", "model"):
+                value = Path(value)
+            elif fld.name in ("participant_label", "session_label"):
+                value = tuple(value)
+            kwargs[fld.name] = value
+        return cls(**kwargs)

@@ -1,0 +1,1 @@
+"""Utilities: BIDS input queries and file-system helpers."""

@@ -1,0 +1,1 @@
+"""Nipype workflows, built by keyword-only ``init_*_wf`` functions."""

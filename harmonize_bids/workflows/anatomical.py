@@ -1,0 +1,201 @@
+"""Anatomical preprocessing: RAS, N4, brain extraction, registration to MNI.
+
+Each stage is its own sub-workflow so the working directory maps onto the
+code: ``anat_preproc_wf/{reorient,n4,brain_extraction_wf,register_template_wf}``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from harmonize_bids.interfaces.ants import ApplyTransform, N4BiasFieldCorrection, Register
+from harmonize_bids.interfaces.images import (
+    ApplyMask,
+    Binarize,
+    NormalizeIntensity,
+    RefineBrainMask,
+    ReorientRAS,
+)
+from harmonize_bids.templates import get_template
+
+
+@dataclass(frozen=True)
+class AntsSettings:
+    """Quality/speed knobs of the ANTs steps (``--sloppy`` picks the fast set)."""
+
+    n4_shrink: int
+    n4_iterations: tuple[int, ...]
+    registration_mm: float
+    transform: str
+    aff_iterations: tuple[int, ...]
+    syn_iterations: tuple[int, ...]
+
+    @classmethod
+    def for_run(cls, sloppy: bool) -> "AntsSettings":
+        if sloppy:
+            return cls(n4_shrink=2, n4_iterations=(20, 10), registration_mm=4.0,
+                       transform="Affine", aff_iterations=(100, 50, 0),
+                       syn_iterations=(0,))
+        return cls(n4_shrink=4, n4_iterations=(50, 50, 30, 20), registration_mm=2.0,
+                   transform="SyN", aff_iterations=(500, 250, 100, 0),
+                   syn_iterations=(40, 20, 0))
+
+
+def init_anat_preproc_wf(*, omp_nthreads: int, sloppy: bool, random_seed: int,
+                         name: str = "anat_preproc_wf") -> pe.Workflow:
+    """Preprocess one T1w image up to the model's input in template space.
+
+    Parameters
+    ----------
+    omp_nthreads
+        Threads for each ANTs call.
+    sloppy
+        Fast, low-quality settings (affine only, coarse grids) for tests.
+    random_seed
+        Seed of ANTs' random metric sampling.
+
+    Inputs
+    ------
+    t1w
+        The raw T1w image.
+
+    Outputs
+    -------
+    t1w_preproc
+        RAS, N4-corrected head (native grid).
+    brain_mask
+        Binary brain mask (native grid).
+    t1w2std_xfm, std2t1w_xfm
+        Composite ANTs transforms to and from MNI152NLin2009aSym.
+    std_t1w, std_mask
+        Intensity-normalized brain and its mask in MNI152NLin2009aSym (1 mm).
+    intensity_scale
+        The divisor used by the intensity normalization.
+    """
+    settings = AntsSettings.for_run(sloppy)
+    workflow = pe.Workflow(name=name)
+    workflow.__desc__ = (
+        "The T1w image was reoriented to RAS, corrected for intensity non-uniformity "
+        "with N4 (ANTs), skull-stripped by registering a head template with a brain "
+        "probability map, and registered to MNI152NLin2009aSym (ANTs affine + SyN)."
+    )
+    inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=[
+        "t1w_preproc", "brain_mask", "t1w2std_xfm", "std2t1w_xfm",
+        "std_t1w", "std_mask", "intensity_scale"]), name="outputnode")
+
+    reorient = pe.Node(ReorientRAS(), name="reorient")
+    n4 = pe.Node(N4BiasFieldCorrection(
+        shrink_factor=settings.n4_shrink, iterations=list(settings.n4_iterations),
+        num_threads=omp_nthreads), name="n4", n_procs=omp_nthreads, mem_gb=1.0)
+    brain_extraction_wf = init_brain_extraction_wf(
+        omp_nthreads=omp_nthreads, settings=settings, random_seed=random_seed)
+    register_template_wf = init_register_template_wf(
+        omp_nthreads=omp_nthreads, settings=settings, random_seed=random_seed)
+
+    workflow.connect([
+        (inputnode, reorient, [("t1w", "in_file")]),
+        (reorient, n4, [("out_file", "in_file")]),
+        (n4, brain_extraction_wf, [("out_file", "inputnode.in_file")]),
+        (brain_extraction_wf, register_template_wf, [
+            ("outputnode.out_brain", "inputnode.brain"),
+            ("outputnode.out_mask", "inputnode.mask"),
+            ("outputnode.head_xfm", "inputnode.initial_xfm")]),
+        (n4, outputnode, [("out_file", "t1w_preproc")]),
+        (brain_extraction_wf, outputnode, [("outputnode.out_mask", "brain_mask")]),
+        (register_template_wf, outputnode, [
+            ("outputnode.t1w2std_xfm", "t1w2std_xfm"),
+            ("outputnode.std2t1w_xfm", "std2t1w_xfm"),
+            ("outputnode.std_t1w", "std_t1w"),
+            ("outputnode.std_mask", "std_mask"),
+            ("outputnode.intensity_scale", "intensity_scale")]),
+    ])
+    return workflow
+
+
+def init_brain_extraction_wf(*, omp_nthreads: int, settings: AntsSettings, random_seed: int,
+                             name: str = "brain_extraction_wf") -> pe.Workflow:
+    """Register the head template to the subject and warp its brain probability back.
+
+    Inputs: ``in_file`` (bias-corrected head).  Outputs: ``out_mask``,
+    ``out_brain`` (masked head) and ``head_xfm`` (subject -> template head,
+    a good start for the brain registration).
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["out_mask", "out_brain", "head_xfm"]),
+                         name="outputnode")
+    reg_head = pe.Node(Register(
+        fixed_image=str(get_template("head")), transform=settings.transform,
+        resolution_mm=max(settings.registration_mm, 2.0),
+        aff_iterations=list(settings.aff_iterations),
+        syn_iterations=list(settings.syn_iterations),
+        random_seed=random_seed, num_threads=omp_nthreads),
+        name="reg_head", n_procs=omp_nthreads, mem_gb=2.0)
+    warp_prob = pe.Node(ApplyTransform(
+        input_image=str(get_template("brain_probseg")), interpolation="linear",
+        num_threads=omp_nthreads), name="warp_prob", n_procs=omp_nthreads)
+    refine_mask = pe.Node(RefineBrainMask(threshold=0.5), name="refine_mask")
+    mask_brain = pe.Node(ApplyMask(), name="mask_brain")
+    workflow.connect([
+        (inputnode, reg_head, [("in_file", "moving_image")]),
+        (inputnode, warp_prob, [("in_file", "reference_image")]),
+        (reg_head, warp_prob, [("inverse_transform", "transform")]),
+        (warp_prob, refine_mask, [("out_file", "in_file")]),
+        (inputnode, mask_brain, [("in_file", "in_file")]),
+        (refine_mask, mask_brain, [("out_file", "mask_file")]),
+        (refine_mask, outputnode, [("out_file", "out_mask")]),
+        (mask_brain, outputnode, [("out_file", "out_brain")]),
+        (reg_head, outputnode, [("forward_transform", "head_xfm")]),
+    ])
+    return workflow
+
+
+def init_register_template_wf(*, omp_nthreads: int, settings: AntsSettings, random_seed: int,
+                              name: str = "register_template_wf") -> pe.Workflow:
+    """Register the brain to the MNI152NLin2009aSym brain; resample and normalize.
+
+    Inputs: ``brain``, ``mask``, ``initial_xfm``.  Outputs: ``t1w2std_xfm``,
+    ``std2t1w_xfm``, ``std_t1w``, ``std_mask``, ``intensity_scale``.
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["brain", "mask", "initial_xfm"]),
+                        name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=[
+        "t1w2std_xfm", "std2t1w_xfm", "std_t1w", "std_mask", "intensity_scale"]),
+        name="outputnode")
+    mni_brain = str(get_template("mni_brain"))
+    reg_brain = pe.Node(Register(
+        fixed_image=mni_brain, transform=settings.transform,
+        resolution_mm=settings.registration_mm,
+        aff_iterations=list(settings.aff_iterations),
+        syn_iterations=list(settings.syn_iterations),
+        random_seed=random_seed, num_threads=omp_nthreads),
+        name="reg_brain", n_procs=omp_nthreads, mem_gb=2.0)
+    resample_brain = pe.Node(ApplyTransform(
+        reference_image=mni_brain, interpolation="bSpline", num_threads=omp_nthreads),
+        name="resample_brain", n_procs=omp_nthreads, mem_gb=1.0)
+    resample_mask = pe.Node(ApplyTransform(
+        reference_image=mni_brain, interpolation="linear", num_threads=omp_nthreads),
+        name="resample_mask", n_procs=omp_nthreads, mem_gb=1.0)
+    binarize_mask = pe.Node(Binarize(threshold=0.5), name="binarize_mask")
+    normalize = pe.Node(NormalizeIntensity(percentile=99.0), name="normalize")
+    # >>> the harmonization model plugs in after ``normalize`` (see docs/design.md)
+    workflow.connect([
+        (inputnode, reg_brain, [("brain", "moving_image"),
+                                ("initial_xfm", "initial_transform")]),
+        (inputnode, resample_brain, [("brain", "input_image")]),
+        (inputnode, resample_mask, [("mask", "input_image")]),
+        (reg_brain, resample_brain, [("forward_transform", "transform")]),
+        (reg_brain, resample_mask, [("forward_transform", "transform")]),
+        (resample_mask, binarize_mask, [("out_file", "in_file")]),
+        (resample_brain, normalize, [("out_file", "in_file")]),
+        (binarize_mask, normalize, [("out_file", "mask_file")]),
+        (reg_brain, outputnode, [("forward_transform", "t1w2std_xfm"),
+                                 ("inverse_transform", "std2t1w_xfm")]),
+        (normalize, outputnode, [("out_file", "std_t1w"), ("scale", "intensity_scale")]),
+        (binarize_mask, outputnode, [("out_file", "std_mask")]),
+    ])
+    return workflow

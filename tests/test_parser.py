@@ -1,0 +1,118 @@
+"""The command line: options, defaults and BIDS-Apps exit codes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harmonize_bids.cli.parser import _build_parser, parse_args
+from harmonize_bids.cli.run import main
+from harmonize_bids.exceptions import InputError, UsageError
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        _build_parser().parse_args(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for opt in ("--participant-label", "--session-label", "--bids-filter-file",
+                "--skip-bids-validation", "--work-dir", "--nprocs", "--omp-nthreads",
+                "--mem-mb", "--random-seed", "--target-site", "--model", "--device",
+                "--sloppy", "--verbose", "--version", "(default:"):
+        assert opt in text
+
+
+
+def test_version_exits_zero(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--version"])
+    assert exc.value.code == 0
+    assert "harmonize_bids" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["bids", "out"],
+    ["bids", "out", "subject"],
+    ["bids", "out", "participant", "--nprocs", "0"],
+    ["bids", "out", "participant", "--device", "tpu"],
+    ["bids", "out", "participant", "--no-such-option"],
+])
+def test_usage_errors_exit_64(argv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bids").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 64
+
+
+def test_labels_and_aliases(tmp_path):
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    s = parse_args([str(bids), str(tmp_path / "out"), "participant",
+                    "--participant_label", "sub-01", "02", "--session-id", "ses-pre",
+                    "-w", str(tmp_path / "w"), "--nprocs", "4", "--random-seed", "3", "-vv"])
+    assert s.participant_label == ("01", "02")
+    assert s.session_label == ("pre",)
+    assert s.omp_nthreads == 4 and s.nprocs == 4
+    assert s.random_seed == 3 and s.verbose == 2
+    assert s.work_dir == (tmp_path / "w").absolute()
+
+
+def test_settings_roundtrip_toml(tmp_path):
+    from harmonize_bids.config import Settings
+
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    s = parse_args([str(bids), str(tmp_path / "out"), "participant", "--participant-label", "01",
+                    "-w", str(tmp_path / "w"), "--random-seed", "42"])
+    path = s.to_filename(tmp_path / "w" / "config.toml")
+    assert "random_seed = 42" in path.read_text()
+    assert Settings.from_filename(path) == s
+
+
+@pytest.mark.parametrize("label", ["../../etc", "sub-01/..", "a b", "01;rm"])
+def test_unsafe_labels_are_refused(label, tmp_path):
+    (tmp_path / "bids").mkdir()
+    with pytest.raises(UsageError):
+        parse_args([str(tmp_path / "bids"), str(tmp_path / "out"), "participant",
+                    "--participant-label", label])
+
+
+def test_output_equal_to_input_is_refused(tmp_path):
+    (tmp_path / "bids").mkdir()
+    with pytest.raises(UsageError):
+        parse_args([str(tmp_path / "bids"), str(tmp_path / "bids"), "participant"])
+    assert main([str(tmp_path / "bids"), str(tmp_path / "bids"), "participant"]) == 64
+
+
+def test_work_dir_inside_input_is_refused(tmp_path):
+    (tmp_path / "bids").mkdir()
+    with pytest.raises(UsageError):
+        parse_args([str(tmp_path / "bids"), str(tmp_path / "out"), "participant",
+                    "-w", str(tmp_path / "bids" / "work")])
+
+
+def test_missing_inputs_exit_66(tmp_path):
+    assert main([str(tmp_path / "nope"), str(tmp_path / "out"), "participant"]) == 66
+    (tmp_path / "bids").mkdir()
+    assert main([str(tmp_path / "bids"), str(tmp_path / "out"), "participant",
+                 "--model", str(tmp_path / "missing.safetensors")]) == 66
+    assert main([str(tmp_path / "bids"), str(tmp_path / "out"), "participant",
+                 "--bids-filter-file", str(tmp_path / "missing.json")]) == 66
+    # a directory that is not a BIDS dataset
+    assert main([str(tmp_path / "bids"), str(tmp_path / "out"), "participant",
+                 "--skip-bids-validation", "-w", str(tmp_path / "w")]) == 66
+
+
+def test_bad_filter_file_is_a_usage_error(tmp_path):
+    (tmp_path / "bids").mkdir()
+    bad = tmp_path / "f.json"
+    bad.write_text("{not json")
+    with pytest.raises(UsageError):
+        parse_args([str(tmp_path / "bids"), str(tmp_path / "out"), "participant",
+                    "--bids-filter-file", str(bad)])
+    bad.write_text(json.dumps({"bold": {"task": "rest"}}))
+    with pytest.raises(UsageError):
+        parse_args([str(tmp_path / "bids"), str(tmp_path / "out"), "participant",
+                    "--bids-filter-file", str(bad)])

@@ -1,0 +1,34 @@
+"""Workflow construction (no ANTs run): graph shape and node names."""
+from __future__ import annotations
+
+from harmonize_bids.utils import bids as bu
+from harmonize_bids.workflows.anatomical import AntsSettings, init_anat_preproc_wf
+from harmonize_bids.workflows.base import init_harmonize_bids_wf, workflow_name
+
+
+def test_anat_preproc_wf_nodes():
+    wf = init_anat_preproc_wf(omp_nthreads=2, sloppy=False, random_seed=3)
+    names = set(wf.list_node_names())
+    for expected in ("reorient", "n4", "brain_extraction_wf.reg_head",
+                     "brain_extraction_wf.warp_prob", "brain_extraction_wf.refine_mask",
+                     "register_template_wf.reg_brain", "register_template_wf.normalize"):
+        assert expected in names
+    reg = wf.get_node("register_template_wf").get_node("reg_brain")
+    assert reg.inputs.random_seed == 3 and reg.inputs.transform == "SyN"
+    assert reg.n_procs == 2
+
+
+def test_sloppy_settings_are_cheaper():
+    fast, full = AntsSettings.for_run(True), AntsSettings.for_run(False)
+    assert fast.transform == "Affine" and full.transform == "SyN"
+    assert fast.registration_mm > full.registration_mm
+
+
+def test_top_level_has_one_branch_per_image(synthetic_bids, tmp_path):
+    layout = bu.load_layout(synthetic_bids)
+    records = bu.resolve_sites(layout, bu.collect_t1w(layout))
+    wf = init_harmonize_bids_wf(records=records, output_dir=tmp_path, omp_nthreads=1,
+                                sloppy=True, random_seed=0)
+    branches = {n.split(".")[0] for n in wf.list_node_names()}
+    assert branches == {workflow_name(r) for r in records} == {
+        "sub_01_wf", "sub_02_wf", "sub_03_wf"}
