@@ -9,13 +9,15 @@ from harmonize_bids.workflows.base import init_harmonize_bids_wf, workflow_name
 def test_anat_preproc_wf_nodes():
     wf = init_anat_preproc_wf(omp_nthreads=2, sloppy=False, random_seed=3)
     names = set(wf.list_node_names())
-    for expected in ("reorient", "n4", "brain_extraction_wf.reg_head",
+    for expected in ("reorient", "n4", "brain_extraction_wf.reg_head_affine", "brain_extraction_wf.reg_head_syn",
                      "brain_extraction_wf.warp_prob", "brain_extraction_wf.refine_mask",
                      "register_template_wf.reg_brain", "register_template_wf.normalize"):
         assert expected in names
     reg = wf.get_node("register_template_wf").get_node("reg_brain")
     assert reg.inputs.random_seed == 3 and reg.inputs.transform == "SyN"
     assert reg.n_procs == 2
+    sloppy = set(init_anat_preproc_wf(omp_nthreads=1, sloppy=True, random_seed=0).list_node_names())
+    assert "brain_extraction_wf.reg_head_syn" not in sloppy
 
 
 def test_sloppy_settings_are_cheaper():

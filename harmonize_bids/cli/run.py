@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Iterator
 
 from harmonize_bids import __version__
 from harmonize_bids.config import Settings
@@ -17,7 +19,8 @@ LOGGER = logging.getLogger("harmonize_bids")
 MAJOR_STEPS = {
     "reorient": "check and reorient to RAS",
     "n4": "N4 bias-field correction",
-    "reg_head": "brain extraction (head template registration)",
+    "reg_head_affine": "brain extraction: affine head-template registration",
+    "reg_head_syn": "brain extraction: nonlinear head-template registration",
     "reg_brain": "registration to MNI152NLin2009aSym",
     "normalize": "intensity normalization in template space",
 }
@@ -27,7 +30,7 @@ def _setup_logging(verbose: int) -> None:
     from nipype import config as nipype_config
     from nipype import logging as nipype_logging
 
-    logging.basicConfig(level=logging.INFO if verbose == 0 else logging.DEBUG,
+    logging.basicConfig(level=logging.WARNING if verbose < 2 else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
     LOGGER.setLevel(logging.INFO if verbose < 2 else logging.DEBUG)
     level = "INFO" if verbose >= 2 else "WARNING"
@@ -67,6 +70,26 @@ class ProgressReporter:
             LOGGER.error("[%s] FAILED at %s", label, step or node.name)
 
 
+@contextmanager
+def thread_environment(omp_nthreads: int) -> Iterator[None]:
+    """Threads per step for the worker processes nipype starts inside the block.
+
+    ITK reads ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` once per process, at its
+    first use, so it must be in the environment the workers inherit.
+    """
+    keys = ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: str(omp_nthreads) for k in keys})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def build_workflow(settings: Settings):
     """Collect the inputs and build the nipype workflow; return (workflow, records)."""
     from harmonize_bids.utils import bids as bids_utils
@@ -94,6 +117,7 @@ def build_workflow(settings: Settings):
         "stop_on_first_crash": settings.stop_on_first_crash,
         "remove_unnecessary_outputs": False,
         "check_version": False,
+        "poll_sleep_duration": 0.5,
     }
     return workflow, records
 
@@ -120,7 +144,8 @@ def _run_participant(settings: Settings) -> int:
         plugin_args["memory_gb"] = settings.mem_mb / 1024
     started = time.monotonic()
     try:
-        workflow.run(plugin="MultiProc", plugin_args=plugin_args)
+        with thread_environment(settings.omp_nthreads):
+            workflow.run(plugin="MultiProc", plugin_args=plugin_args)
     except RuntimeError as err:  # nipype: "Workflow did not execute cleanly"
         LOGGER.debug("nipype: %s", err)
     elapsed = time.monotonic() - started

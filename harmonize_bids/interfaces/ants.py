@@ -20,12 +20,29 @@ from nipype.interfaces.base import (
 )
 
 
+def ants_seed(random_seed: int) -> int:
+    """The seed given to ANTs for our ``--random-seed``.
+
+    ANTs takes a seed of 0 to mean "seed from the clock", so 0 cannot be passed
+    through; we shift by one and keep the value in ITK's 32-bit range.
+
+    >>> ants_seed(0), ants_seed(41)
+    (1, 42)
+    """
+    return int(random_seed) % (2**31 - 1) + 1
+
+
 @contextmanager
 def ants_environment(num_threads: int, random_seed: int | None) -> Iterator[None]:
     """Threads and seed for ANTs calls made inside the block.
 
     ``ANTS_RANDOM_SEED`` is read by the ANTs library; antspyx passes
     ``--random-seed`` from ``ants.config._random_seed`` (restored afterwards).
+    ITK reads the thread count only at its first use in a process, so the
+    thread setting here holds only if no ANTs call came before; the CLI also
+    sets it in the environment of nipype's worker processes.  Results are
+    bit-for-bit reproducible with one thread; with more, ITK's parallel
+    reductions make them differ slightly from run to run.
     """
     import ants
 
@@ -34,8 +51,8 @@ def ants_environment(num_threads: int, random_seed: int | None) -> Iterator[None
     saved_seed = ants.config._random_seed
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, int(num_threads)))
     if random_seed is not None:
-        os.environ["ANTS_RANDOM_SEED"] = str(random_seed)
-        ants.config._random_seed = int(random_seed)
+        os.environ["ANTS_RANDOM_SEED"] = str(ants_seed(random_seed))
+        ants.config._random_seed = ants_seed(random_seed)
     try:
         yield
     finally:
@@ -162,7 +179,8 @@ class N4BiasFieldCorrection(SimpleInterface):
 class _RegisterInputSpec(BaseInterfaceInputSpec):
     fixed_image = File(exists=True, mandatory=True)
     moving_image = File(exists=True, mandatory=True)
-    transform = traits.Enum("SyN", "Affine", "Rigid", usedefault=True)
+    transform = traits.Enum("SyN", "Affine", "Rigid", "SyNOnly", usedefault=True,
+                            desc="antspyx type_of_transform; SyNOnly: no linear stages")
     resolution_mm = traits.Float(2.0, usedefault=True)
     initial_transform = File(exists=True, desc="transform to start from (composite .h5)")
     aff_iterations = traits.List(traits.Int, [500, 250, 100, 0], usedefault=True)

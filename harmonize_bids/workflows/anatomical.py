@@ -127,29 +127,41 @@ def init_brain_extraction_wf(*, omp_nthreads: int, settings: AntsSettings, rando
     inputnode = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_mask", "out_brain", "head_xfm"]),
                          name="outputnode")
-    reg_head = pe.Node(Register(
-        fixed_image=str(get_template("head")), transform=settings.transform,
-        resolution_mm=max(settings.registration_mm, 2.0),
-        aff_iterations=list(settings.aff_iterations),
-        syn_iterations=list(settings.syn_iterations),
-        random_seed=random_seed, num_threads=omp_nthreads),
-        name="reg_head", n_procs=omp_nthreads, mem_gb=2.0)
+    head_template = str(get_template("head"))
+    resolution_mm = max(settings.registration_mm, 2.0)  # the head template is 2 mm
+    reg_head_affine = pe.Node(Register(
+        fixed_image=head_template, transform="Affine", resolution_mm=resolution_mm,
+        aff_iterations=list(settings.aff_iterations), random_seed=random_seed,
+        num_threads=omp_nthreads), name="reg_head_affine", n_procs=omp_nthreads, mem_gb=2.0)
     warp_prob = pe.Node(ApplyTransform(
         input_image=str(get_template("brain_probseg")), interpolation="linear",
         num_threads=omp_nthreads), name="warp_prob", n_procs=omp_nthreads)
     refine_mask = pe.Node(RefineBrainMask(threshold=0.5), name="refine_mask")
     mask_brain = pe.Node(ApplyMask(), name="mask_brain")
     workflow.connect([
-        (inputnode, reg_head, [("in_file", "moving_image")]),
+        (inputnode, reg_head_affine, [("in_file", "moving_image")]),
         (inputnode, warp_prob, [("in_file", "reference_image")]),
-        (reg_head, warp_prob, [("inverse_transform", "transform")]),
         (warp_prob, refine_mask, [("out_file", "in_file")]),
         (inputnode, mask_brain, [("in_file", "in_file")]),
         (refine_mask, mask_brain, [("out_file", "mask_file")]),
         (refine_mask, outputnode, [("out_file", "out_mask")]),
         (mask_brain, outputnode, [("out_file", "out_brain")]),
-        (reg_head, outputnode, [("forward_transform", "head_xfm")]),
+        # the affine part only: a composite holding a SyN field cannot be inverted
+        # by antsRegistration, which then would not write the inverse transform
+        (reg_head_affine, outputnode, [("forward_transform", "head_xfm")]),
     ])
+    if settings.transform == "SyN":
+        reg_head_syn = pe.Node(Register(
+            fixed_image=head_template, transform="SyNOnly", resolution_mm=resolution_mm,
+            syn_iterations=list(settings.syn_iterations), random_seed=random_seed,
+            num_threads=omp_nthreads), name="reg_head_syn", n_procs=omp_nthreads, mem_gb=2.0)
+        workflow.connect([
+            (inputnode, reg_head_syn, [("in_file", "moving_image")]),
+            (reg_head_affine, reg_head_syn, [("forward_transform", "initial_transform")]),
+            (reg_head_syn, warp_prob, [("inverse_transform", "transform")]),
+        ])
+    else:
+        workflow.connect(reg_head_affine, "inverse_transform", warp_prob, "transform")
     return workflow
 
 
