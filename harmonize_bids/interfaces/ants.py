@@ -64,22 +64,35 @@ def ants_environment(num_threads: int, random_seed: int | None) -> Iterator[None
                 os.environ[key] = value
 
 
+def n4_shrink_factor(spacing: tuple[float, ...], grid_mm: float) -> int:
+    """Shrink factor that puts N4's working grid near ``grid_mm``.
+
+    >>> n4_shrink_factor((1.0, 1.0, 1.2), 4.0), n4_shrink_factor((4.0, 4.0, 4.0), 4.0)
+    (4, 1)
+    """
+    return max(1, int(round(grid_mm / min(spacing))))
+
+
 def n4_correct(
     in_file: Path,
     out_file: Path,
     *,
-    shrink_factor: int = 4,
+    grid_mm: float = 4.0,
     iterations: tuple[int, ...] = (50, 50, 50, 50),
     num_threads: int = 1,
 ) -> Path:
-    """N4 bias-field correction of a head image (negative values clipped first)."""
+    """N4 bias-field correction of a head image (negative values clipped first).
+
+    The bias field is fitted on a grid of about ``grid_mm`` (the image is
+    shrunk by an integer factor), which sets the cost whatever the resolution.
+    """
     import ants
 
     with ants_environment(num_threads, None):
         img = ants.image_read(str(in_file)).clone("float")
         img = ants.threshold_image(img, 0, None, 1, 0) * img  # clip negatives to 0
         corrected = ants.n4_bias_field_correction(
-            img, shrink_factor=shrink_factor,
+            img, shrink_factor=n4_shrink_factor(img.spacing, grid_mm),
             convergence={"iters": list(iterations), "tol": 1e-7},
         )
         ants.image_write(corrected, str(out_file))
@@ -152,7 +165,7 @@ def apply_transform(
 
 class _N4InputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="head image")
-    shrink_factor = traits.Int(4, usedefault=True)
+    grid_mm = traits.Float(4.0, usedefault=True, desc="approximate N4 working grid (mm)")
     iterations = traits.List(traits.Int, [50, 50, 50, 50], usedefault=True)
     num_threads = traits.Int(1, usedefault=True, nohash=True)
 
@@ -170,7 +183,7 @@ class N4BiasFieldCorrection(SimpleInterface):
     def _run_interface(self, runtime):
         out = Path(runtime.cwd) / "n4_corrected.nii.gz"
         self._results["out_file"] = str(n4_correct(
-            Path(self.inputs.in_file), out, shrink_factor=self.inputs.shrink_factor,
+            Path(self.inputs.in_file), out, grid_mm=self.inputs.grid_mm,
             iterations=tuple(self.inputs.iterations), num_threads=self.inputs.num_threads,
         ))
         return runtime

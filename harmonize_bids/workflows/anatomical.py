@@ -25,7 +25,7 @@ from harmonize_bids.templates import get_template
 class AntsSettings:
     """Quality/speed knobs of the ANTs steps (``--sloppy`` picks the fast set)."""
 
-    n4_shrink: int
+    n4_grid_mm: float
     n4_iterations: tuple[int, ...]
     registration_mm: float
     transform: str
@@ -35,10 +35,10 @@ class AntsSettings:
     @classmethod
     def for_run(cls, sloppy: bool) -> "AntsSettings":
         if sloppy:
-            return cls(n4_shrink=2, n4_iterations=(20, 10), registration_mm=4.0,
+            return cls(n4_grid_mm=6.0, n4_iterations=(20, 10), registration_mm=4.0,
                        transform="Affine", aff_iterations=(100, 50, 0),
                        syn_iterations=(0,))
-        return cls(n4_shrink=4, n4_iterations=(50, 50, 30, 20), registration_mm=2.0,
+        return cls(n4_grid_mm=4.0, n4_iterations=(50, 50, 30, 20), registration_mm=2.0,
                    transform="SyN", aff_iterations=(500, 250, 100, 0),
                    syn_iterations=(40, 20, 0))
 
@@ -88,7 +88,7 @@ def init_anat_preproc_wf(*, omp_nthreads: int, sloppy: bool, random_seed: int,
 
     reorient = pe.Node(ReorientRAS(), name="reorient")
     n4 = pe.Node(N4BiasFieldCorrection(
-        shrink_factor=settings.n4_shrink, iterations=list(settings.n4_iterations),
+        grid_mm=settings.n4_grid_mm, iterations=list(settings.n4_iterations),
         num_threads=omp_nthreads), name="n4", n_procs=omp_nthreads, mem_gb=1.0)
     brain_extraction_wf = init_brain_extraction_wf(
         omp_nthreads=omp_nthreads, settings=settings, random_seed=random_seed)
