@@ -77,6 +77,19 @@ OUTPUTS: dict[str, OutputSpec] = {
         sources=("t1w_preproc", "brain_mask", "t1w2std_xfm"),
         space=TEMPLATE_SPACE,
     ),
+    "harmonized": OutputSpec(
+        {"desc": "harmonized", "suffix": "T1w", "extension": ".nii.gz"},
+        {"SkullStripped": True,
+         "Description": "Harmonized brain resampled back to the T1w grid."},
+        sources=("std_harmonized", "std2t1w_xfm"),
+    ),
+    "std_harmonized": OutputSpec(
+        {"space": TEMPLATE_SPACE, "desc": "harmonized", "suffix": "T1w", "extension": ".nii.gz"},
+        {"SkullStripped": True,
+         "Description": "Brain harmonized to the target site in template space."},
+        sources=("std_t1w", "std_mask"),
+        space=TEMPLATE_SPACE,
+    ),
     "std_mask": OutputSpec(
         {"space": TEMPLATE_SPACE, "desc": "brain", "suffix": "mask", "extension": ".nii.gz"},
         {"Type": "Brain", "Description": "Brain mask resampled to template space."},

@@ -36,3 +36,28 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not available at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def labels_dir(tmp_path_factory) -> Path:
+    """Two cartoon whole-head label maps (SynthSeg label values), 2 mm."""
+    import nibabel as nb
+    from toys import toy_labels
+
+    d = tmp_path_factory.mktemp("labels")
+    for k, shape in enumerate([(40, 48, 40), (42, 46, 38)]):
+        anat = toy_labels(shape)
+        nb.Nifti1Image(anat.labels, anat.affine).to_filename(d / f"toy_{k}.nii.gz")
+    return d
+
+
+@pytest.fixture(scope="session")
+def toy_dataset(labels_dir, tmp_path_factory) -> Path:
+    """A simulated traveling-subject dataset: 3 anatomies x 2 sites, with rescans."""
+    from harmonize_bids.simulate.dataset import make_traveling_dataset
+    from harmonize_bids.simulate.protocols import PROTOCOLS
+
+    protocols = [PROTOCOLS["siemens3tmprage"], PROTOCOLS["ge15tspgr"]]
+    return make_traveling_dataset(labels_dir, tmp_path_factory.mktemp("sim") / "ds", protocols,
+                                  n_anatomies=3, resolution_mm=2.0, seed=4, rescan=True,
+                                  progress=lambda m: None)

@@ -1,0 +1,170 @@
+"""Judge harmonization on a simulated traveling-subject dataset.
+
+For an image of anatomy *a* from site *s* harmonized to site *t*, the truth
+is the image of *a* acquired at *t* (same voxel grid by construction of
+:mod:`harmonize_bids.simulate.dataset`), compared inside the true brain mask
+with :func:`harmonize_bids.metrics.compare`; ``flicker`` measures how
+consistent the change is between slices.  Beside every score stands the
+**ceiling**: a rescan at the target site (same acquisition, new noise)
+compared with the scan.  ``site_predictability`` asks how well the *source*
+site can still be told from the images sent to one target (chance = 1/sites).
+
+With no harmonized outputs, every image is taken as its own "harmonization"
+(the *no harmonization* baseline): how far apart the sites are to begin with.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import nibabel as nb
+import numpy as np
+
+from harmonize_bids import metrics
+from harmonize_bids.derivatives import derivative_path, sidecar_path
+from harmonize_bids.simulate.dataset import TRUTH_NAME
+
+METRIC_COLUMNS = ("ssim", "psnr", "mae", "correlation", "wasserstein", "tissue_dice", "flicker")
+
+
+@dataclass(frozen=True)
+class SimulatedImage:
+    """One image of the simulated dataset and its truth files."""
+
+    participant: str
+    site: str
+    anatomy: str
+    t1w: Path
+    brain_mask: Path
+    dseg: Path
+    rescan: Path | None
+
+
+def read_simulated_dataset(bids_dir: Path) -> list[SimulatedImage]:
+    """Participants of a dataset written by ``harmonize_bids-simulate``."""
+    bids_dir = Path(bids_dir)
+    tsv = bids_dir / "participants.tsv"
+    truth = bids_dir / "derivatives" / TRUTH_NAME
+    if not tsv.is_file() or not truth.is_dir():
+        raise FileNotFoundError(
+            f"{bids_dir} is not a simulated traveling-subject dataset "
+            f"(needs participants.tsv and derivatives/{TRUTH_NAME})")
+    images = []
+    with tsv.open(newline="") as fobj:
+        for row in csv.DictReader(fobj, delimiter="\t"):
+            sub = row["participant_id"]
+            tdir = truth / sub / "anat"
+            rescan = tdir / f"{sub}_desc-rescan_T1w.nii.gz"
+            images.append(SimulatedImage(
+                participant=sub.removeprefix("sub-"), site=row["site"], anatomy=row["anatomy"],
+                t1w=bids_dir / sub / "anat" / f"{sub}_T1w.nii.gz",
+                brain_mask=tdir / f"{sub}_desc-brain_mask.nii.gz", dseg=tdir / f"{sub}_dseg.nii.gz",
+                rescan=rescan if rescan.is_file() else None))
+    return images
+
+
+def _load(path: Path) -> np.ndarray:
+    return np.asarray(nb.load(str(path)).dataobj, dtype=np.float32)
+
+
+def harmonized_outputs(images: list[SimulatedImage], derivatives_dir: Path
+                       ) -> list[tuple[SimulatedImage, Path, str]]:
+    """(source image, harmonized file, target site) for every harmonized output found."""
+    found = []
+    for img in images:
+        ents = {"subject": img.participant}
+        path = derivative_path(derivatives_dir, ents, "harmonized")
+        if path.is_file():
+            side = json.loads(sidecar_path(path).read_text())
+            found.append((img, path, side["TargetSite"]))
+    return found
+
+
+def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
+             progress: Callable[[str], None] = lambda msg: None) -> dict:
+    """Scores per (source, target) pair, ceilings per target, site predictability.
+
+    Returns ``{"pairs": {(s, t): {metric: mean}}, "ceiling": {t: {metric: mean}},
+    "site_predictability": {t: accuracy}, "chance": {t: 1/n}, "n": {(s, t): n}}``.
+    """
+    images = read_simulated_dataset(bids_dir)
+    by_anatomy: dict[str, dict[str, SimulatedImage]] = defaultdict(dict)
+    for img in images:
+        by_anatomy[img.anatomy][img.site] = img
+    sites = sorted({img.site for img in images})
+
+    if derivatives_dir is None:  # no harmonization: every image "sent" to every other site
+        jobs = [(img, img.t1w, t) for img in images for t in sites if t != img.site]
+    else:
+        jobs = harmonized_outputs(images, Path(derivatives_dir))
+        if not jobs:
+            raise FileNotFoundError(f"no harmonized outputs (desc-harmonized) in {derivatives_dir}")
+
+    scores: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    sent: dict[str, list[tuple[np.ndarray, np.ndarray, str]]] = defaultdict(list)
+    for k, (src, path, target) in enumerate(jobs):
+        truth = by_anatomy[src.anatomy].get(target)
+        if truth is None:
+            continue
+        mask = _load(truth.brain_mask) > 0
+        harmonized = _load(path)
+        row = metrics.compare(harmonized, _load(truth.t1w), mask, _load(truth.dseg))
+        row["flicker"] = metrics.flicker(_load(src.t1w), harmonized, mask) \
+            if path != src.t1w else 0.0
+        scores[(src.site, target)].append(row)
+        sent[target].append((harmonized, mask, src.site))
+        progress(f"[{k + 1}/{len(jobs)}] {src.participant} ({src.site}) -> {target}")
+
+    ceiling = {}
+    for target in sites:
+        rows = [metrics.compare(_load(img.rescan), _load(img.t1w), _load(img.brain_mask) > 0,
+                                _load(img.dseg))
+                for img in images if img.site == target and img.rescan is not None]
+        if rows:
+            ceiling[target] = {m: float(np.mean([r[m] for r in rows])) for m in rows[0]}
+
+    predictability, chance = {}, {}
+    for target, items in sent.items():
+        try:
+            res = metrics.site_predictability([i[0] for i in items], [i[1] for i in items],
+                                              [i[2] for i in items])
+        except ValueError:
+            continue
+        predictability[target], chance[target] = res["accuracy"], res["chance"]
+    if derivatives_dir is None:  # one question for the baseline: are raw sites apart?
+        res = metrics.site_predictability([_load(i.t1w) for i in images],
+                                          [_load(i.brain_mask) > 0 for i in images],
+                                          [i.site for i in images])
+        predictability = {t: res["accuracy"] for t in sites}
+        chance = {t: res["chance"] for t in sites}
+    return {
+        "pairs": {key: {m: float(np.mean([r[m] for r in rows])) for m in METRIC_COLUMNS}
+                  for key, rows in scores.items()},
+        "n": {key: len(rows) for key, rows in scores.items()},
+        "ceiling": ceiling,
+        "site_predictability": predictability,
+        "chance": chance,
+    }
+
+
+def format_table(result: dict, method: str) -> str:
+    """Markdown table: one row per (source -> target), with the target's rescan ceiling."""
+    head = ("| method | source → target | n | SSIM | PSNR (dB) | MAE | corr | W1 | tissue Dice "
+            "| flicker | site pred. (chance) | rescan SSIM / PSNR / Dice |")
+    lines = [head, "|" + "---|" * 12]
+    for (src, tgt), row in sorted(result["pairs"].items()):
+        ceil = result["ceiling"].get(tgt)
+        ceil_txt = (f"{ceil['ssim']:.3f} / {ceil['psnr']:.1f} / {ceil['tissue_dice']:.3f}"
+                    if ceil else "n/a")
+        pred = result["site_predictability"].get(tgt)
+        pred_txt = f"{pred:.2f} ({result['chance'][tgt]:.2f})" if pred is not None else "n/a"
+        lines.append(
+            f"| {method} | {src} → {tgt} | {result['n'][(src, tgt)]} | {row['ssim']:.3f} | "
+            f"{row['psnr']:.1f} | {row['mae']:.4f} | {row['correlation']:.3f} | "
+            f"{row['wasserstein']:.4f} | {row['tissue_dice']:.3f} | {row['flicker']:.2f} | "
+            f"{pred_txt} | {ceil_txt} |")
+    return "\n".join(lines)

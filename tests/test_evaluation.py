@@ -1,0 +1,60 @@
+"""Scoring harmonization against the simulated truth (evaluation.py, the evaluate CLI)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from harmonize_bids.derivatives import init_derivatives, save_derivative
+from harmonize_bids.evaluation import evaluate, format_table, read_simulated_dataset
+
+
+def test_reads_simulated_dataset(toy_dataset):
+    images = read_simulated_dataset(toy_dataset)
+    assert len(images) == 6 and {i.site for i in images} == {"siemens3tmprage", "ge15tspgr"}
+    assert all(i.rescan is not None and i.t1w.is_file() for i in images)
+
+
+def test_baseline_scores_every_site_pair_with_ceiling(toy_dataset):
+    result = evaluate(toy_dataset)
+    assert set(result["pairs"]) == {("ge15tspgr", "siemens3tmprage"),
+                                    ("siemens3tmprage", "ge15tspgr")}
+    assert all(n == 3 for n in result["n"].values())
+    for target, ceiling in result["ceiling"].items():
+        # a rescan is closer to the scan than another site's image is
+        src = next(s for s, t in result["pairs"] if t == target)
+        assert ceiling["ssim"] > result["pairs"][(src, target)]["ssim"]
+        assert ceiling["psnr"] > result["pairs"][(src, target)]["psnr"]
+    table = format_table(result, "no harmonization")
+    assert "ge15tspgr → siemens3tmprage" in table and "rescan" in table
+
+
+def test_perfect_harmonization_scores_perfectly(toy_dataset, tmp_path):
+    """A 'model' that returns the truth itself must get SSIM 1 and infinite PSNR."""
+    images = read_simulated_dataset(toy_dataset)
+    out = tmp_path / "derivatives"
+    init_derivatives(out, toy_dataset)
+    by = {(i.anatomy, i.site): i for i in images}
+    for img in images:
+        if img.site != "ge15tspgr":
+            continue
+        truth = by[(img.anatomy, "siemens3tmprage")]
+        ents = {"subject": img.participant, "_relpath": f"sub-{img.participant}/anat/x"}
+        save_derivative(out, ents, "harmonized", truth.t1w,
+                        extra_metadata={"TargetSite": "siemens3tmprage",
+                                        "SourceSite": "ge15tspgr"})
+    result = evaluate(toy_dataset, out)
+    row = result["pairs"][("ge15tspgr", "siemens3tmprage")]
+    assert row["ssim"] == pytest.approx(1.0) and math.isinf(row["psnr"]) and row["mae"] == 0
+    assert row["flicker"] > 0  # the change from the source is not zero
+
+
+def test_evaluate_cli(toy_dataset, tmp_path, capsys):
+    from harmonize_bids.cli.evaluate import main
+
+    assert main([str(toy_dataset), "-q", "--out", str(tmp_path / "t.md")]) == 0
+    assert "no harmonization" in (tmp_path / "t.md").read_text()
+    assert main([str(tmp_path), "-q"]) == 66
+    empty = tmp_path / "empty_derivs"
+    empty.mkdir()
+    assert main([str(toy_dataset), str(empty), "-q"]) == 66
