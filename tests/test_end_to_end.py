@@ -145,3 +145,18 @@ def test_exit_codes_of_the_whole_app(synthetic_bids, tmp_path):
     assert main(common + ["--bids-filter-file", str(filt), "--skip-bids-validation"]) == 18
     assert main(common + ["--target-site", "siteA", "--skip-bids-validation"]) == 64
     assert not (tmp_path / "out" / "sub-01").exists()
+
+
+def test_nothing_is_left_in_the_system_temp_dir(synthetic_bids, tmp_path, monkeypatch):
+    """antspyx's default mktemp() outputs would land in the temp dir: all must stay in -w."""
+    import tempfile
+
+    scratch = tmp_path / "system_tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # inherited by nipype's workers
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    code = main([str(synthetic_bids), str(tmp_path / "out"), "participant", "--sloppy",
+                 "-w", str(tmp_path / "work"), "--participant-label", "03", "--nprocs", "2",
+                 "--skip-bids-validation"])
+    assert code == 0
+    assert list(scratch.iterdir()) == []
