@@ -35,10 +35,10 @@ class AntsSettings:
     @classmethod
     def for_run(cls, sloppy: bool) -> "AntsSettings":
         if sloppy:
-            return cls(n4_grid_mm=6.0, n4_iterations=(20, 10), registration_mm=4.0,
+            return cls(n4_grid_mm=8.0, n4_iterations=(20, 10), registration_mm=4.0,
                        transform="Affine", aff_iterations=(100, 50, 0),
                        syn_iterations=(0,))
-        return cls(n4_grid_mm=4.0, n4_iterations=(50, 50, 30, 20), registration_mm=2.0,
+        return cls(n4_grid_mm=6.0, n4_iterations=(50, 50, 30, 20), registration_mm=2.0,
                    transform="SyN", aff_iterations=(500, 250, 100, 0),
                    syn_iterations=(40, 20, 0))
 
