@@ -1,0 +1,105 @@
+"""The harmonization model: condition encoder + site-conditioned denoising UNet.
+
+One model serves all sites: a learned embedding per site is added to the
+timestep embedding and modulates every ResBlock (FiLM).  The anatomical
+condition ``c`` is concatenated to the noisy slice at the input.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from harmonize_bids.diffusion.condition import ConditionEncoder, SiteClassifier
+from harmonize_bids.diffusion.schedule import NoiseSchedule
+from harmonize_bids.diffusion.unet import UNet, timestep_embedding
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network and its schedule (saved with the weights)."""
+
+    sites: tuple[str, ...]
+    context_slices: int = 1
+    cond_channels: int = 4
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 4)
+    num_res_blocks: int = 1
+    attention_levels: tuple[int, ...] = (2,)
+    encoder_channels: int = 16
+    bottleneck_noise: float = 0.1
+    dropout: float = 0.0
+    prediction: str = "v"
+    schedule: str = "cosine"
+    num_timesteps: int = 1000
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if len(set(self.sites)) != len(self.sites) or not self.sites:
+            raise ValueError(f"sites must be unique and non-empty: {self.sites}")
+        if self.prediction not in ("eps", "x0", "v"):
+            raise ValueError(f"unknown prediction {self.prediction!r}")
+        for name in ("sites", "channel_mults", "attention_levels"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    @property
+    def multiple(self) -> int:
+        """H and W must be multiples of this."""
+        return 2 ** (len(self.channel_mults) - 1)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        for key in ("sites", "channel_mults", "attention_levels"):
+            out[key] = list(out[key])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields {sorted(unknown)}")
+        return cls(**data)
+
+    def site_index(self, site: str) -> int:
+        """Index of a site, or a clear error listing the sites the model knows."""
+        try:
+            return self.sites.index(site)
+        except ValueError:
+            raise KeyError(f"site {site!r} is not known to this model; it knows: "
+                           f"{', '.join(self.sites)}") from None
+
+
+class HarmonizationModel(nn.Module):
+    """``forward(x_t, t, site, cond)`` -> prediction (eps, x0 or v) ``[N x 1 x H x W]``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        emb_dim = 4 * config.base_channels
+        self.time_mlp = nn.Sequential(nn.Linear(config.base_channels, emb_dim), nn.SiLU(),
+                                      nn.Linear(emb_dim, emb_dim))
+        self.site_embedding = nn.Embedding(len(config.sites), emb_dim)
+        self.encoder = ConditionEncoder(config.context_slices, config.cond_channels,
+                                        config.encoder_channels, config.channel_mults,
+                                        config.bottleneck_noise)
+        self.denoiser = UNet(1 + config.cond_channels, 1, config.base_channels,
+                             config.channel_mults, config.num_res_blocks,
+                             config.attention_levels, emb_dim, config.dropout)
+        self.site_classifier = SiteClassifier(config.cond_channels, len(config.sites))
+
+    def schedule(self) -> NoiseSchedule:
+        return NoiseSchedule.make(self.config.num_timesteps, self.config.schedule)
+
+    def encode(self, source: torch.Tensor, generator: torch.Generator | None = None
+               ) -> torch.Tensor:
+        """Anatomical condition of source slices ``[N x (2k+1) x H x W]``."""
+        return self.encoder(source, generator)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, site: torch.Tensor,
+                cond: torch.Tensor) -> torch.Tensor:
+        emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+        emb = emb + self.site_embedding(site)
+        return self.denoiser(torch.cat([x_t, cond], dim=1), emb)

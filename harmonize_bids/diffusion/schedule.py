@@ -1,0 +1,111 @@
+"""Noise schedule math for DDPM/DDIM, kept apart from any network.
+
+Notation (Ho et al. 2020; Nichol & Dhariwal 2021; Song et al. 2021):
+``alpha_bar[t] = prod_{s<=t} (1 - beta_s)``, ``x_t = sqrt(ab) x0 + sqrt(1-ab) eps``,
+``v = sqrt(ab) eps - sqrt(1-ab) x0`` (Salimans & Ho 2022).  Arrays are float64
+numpy; tensors broadcast over ``[N x C x H x W]`` through :func:`extract`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+ScheduleKind = Literal["cosine", "linear"]
+Prediction = Literal["eps", "x0", "v"]
+
+
+def cosine_betas(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
+    """Cosine schedule: alpha_bar(t) = cos^2(((t/T + s)/(1 + s)) pi/2), betas clipped.
+
+    >>> b = cosine_betas(1000); b.shape, bool(b[0] < 1e-4), float(b[-1])
+    ((1000,), True, 0.999)
+    """
+    def f(t: float) -> float:
+        return math.cos((t / num_steps + s) / (1 + s) * math.pi / 2) ** 2
+
+    return np.array([min(1 - f(i + 1) / f(i), max_beta) for i in range(num_steps)])
+
+
+def linear_betas(num_steps: int, start: float = 1e-4, end: float = 0.02) -> np.ndarray:
+    """Linear schedule of Ho et al., rescaled so any T spans the same noise range."""
+    scale = 1000 / num_steps
+    return np.linspace(start * scale, end * scale, num_steps, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """alpha-bar of a T-step diffusion, and the maths that uses it."""
+
+    alphas_cumprod: np.ndarray
+
+    @classmethod
+    def make(cls, num_steps: int = 1000, kind: ScheduleKind = "cosine") -> "NoiseSchedule":
+        betas = cosine_betas(num_steps) if kind == "cosine" else linear_betas(num_steps)
+        return cls(np.cumprod(1.0 - betas))
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    # ---- conversions between parameterizations (any array/tensor type) --------------
+    @staticmethod
+    def q_sample(x0, eps, ab):
+        """x_t = sqrt(ab) x0 + sqrt(1 - ab) eps."""
+        return ab ** 0.5 * x0 + (1 - ab) ** 0.5 * eps
+
+    @staticmethod
+    def v_target(x0, eps, ab):
+        """v = sqrt(ab) eps - sqrt(1 - ab) x0."""
+        return ab ** 0.5 * eps - (1 - ab) ** 0.5 * x0
+
+    @staticmethod
+    def x0_eps_from(prediction: Prediction, out, x_t, ab):
+        """(x0, eps) implied by the network output under a parameterization."""
+        sa, s1 = ab ** 0.5, (1 - ab) ** 0.5
+        if prediction == "eps":
+            return (x_t - s1 * out) / sa, out
+        if prediction == "x0":
+            return out, (x_t - sa * out) / s1
+        if prediction == "v":
+            x0 = sa * x_t - s1 * out
+            return x0, s1 * x_t + sa * out
+        raise ValueError(f"unknown prediction type {prediction!r}")
+
+
+def respace(num_steps: int, sample_steps: int, strength: float = 1.0) -> list[int]:
+    """Timesteps kept for skip sampling, descending, evenly spaced.
+
+    With ``strength`` s < 1 the chain starts at ``round(s (T-1))`` (from the
+    noised source, SDEdit-style) and spreads ``sample_steps`` steps over
+    [0, s (T-1)].  The last step is always t = 0.
+
+    >>> respace(1000, 5)
+    [999, 749, 500, 250, 0]
+    >>> respace(1000, 4, strength=0.3)
+    [300, 200, 100, 0]
+    """
+    if sample_steps < 1 or sample_steps > num_steps:
+        raise ValueError(f"sample_steps must be in [1, {num_steps}], got {sample_steps}")
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    start = int(round(strength * (num_steps - 1)))
+    if sample_steps == 1:
+        return [start]
+    steps = np.round(np.linspace(start, 0, sample_steps)).astype(int)
+    return sorted(set(int(s) for s in steps), reverse=True)
+
+
+def ddim_step(x0, eps, ab_prev, eta: float = 0.0, ab_t=None, noise=None):
+    """One DDIM update from (x0, eps) at t to the previous kept step.
+
+    x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z,
+    sigma = eta sqrt((1 - ab_prev)/(1 - ab_t)) sqrt(1 - ab_t/ab_prev).
+    With eta = 0 (the default) the update is deterministic.
+    """
+    if eta == 0.0:
+        return ab_prev ** 0.5 * x0 + (1 - ab_prev) ** 0.5 * eps
+    sigma = eta * ((1 - ab_prev) / (1 - ab_t)) ** 0.5 * (1 - ab_t / ab_prev) ** 0.5
+    return ab_prev ** 0.5 * x0 + (1 - ab_prev - sigma ** 2) ** 0.5 * eps + sigma * noise

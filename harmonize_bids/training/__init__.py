@@ -1,0 +1,1 @@
+"""Training of the harmonization model: paired-slice data, losses, the loop."""

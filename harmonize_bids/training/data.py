@@ -1,0 +1,116 @@
+"""Paired slices for training: the same anatomy seen at several sites.
+
+Volumes live in memory as ``{anatomy: {site: array[X, Y, Z]}}`` on one grid
+per anatomy (brain only, intensity-normalized so the 99th percentile of the
+brain is 1).  A batch pairs, for random anatomies and axial slices:
+
+- ``source`` ``[B x (2k+1) x H x W]``: the slice and its k neighbours on each
+  side at a random source site (any site, including sites the model does not
+  learn as targets: randomized protocols for invariance), intensity-augmented;
+- ``source_alt``: the same slices at another random site (for the
+  condition-consistency loss);
+- ``target`` ``[B x 1 x H x W]``: the slice at a random *target* site (a site
+  of the model); ``target_site`` and ``source_site`` (index or -1) indices.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Batch:
+    source: torch.Tensor
+    source_alt: torch.Tensor
+    target: torch.Tensor
+    target_site: torch.Tensor
+    source_site: torch.Tensor
+
+
+def normalize_brain(image: np.ndarray, mask: np.ndarray, percentile: float = 99.0) -> np.ndarray:
+    """Zero outside the brain, brain scaled so its ``percentile`` is 1 (as preprocessing does)."""
+    mask = mask > 0
+    scale = float(np.percentile(image[mask], percentile))
+    return np.where(mask, np.clip(image, 0, None) / scale, 0).astype(np.float32)
+
+
+def augment_intensity(x: np.ndarray, rng: np.random.Generator, strength: float = 1.0
+                      ) -> np.ndarray:
+    """Random monotonic remap (gamma, gain) of a normalized slice stack, brain only."""
+    inside = x > 0
+    gamma = float(np.exp(rng.normal(0, 0.25 * strength)))
+    gain = float(np.exp(rng.normal(0, 0.1 * strength)))
+    return np.where(inside, gain * np.clip(x, 0, None) ** gamma, 0).astype(np.float32)
+
+
+class PairedSlices:
+    """Random paired batches from in-memory volumes (see module docstring)."""
+
+    def __init__(self, volumes: dict[str, dict[str, np.ndarray]], target_sites: list[str],
+                 *, context_slices: int = 1, crop: tuple[int, int] = (64, 64),
+                 augment: float = 1.0):
+        self.volumes = volumes
+        self.target_sites = list(target_sites)
+        self.k = context_slices
+        self.crop = crop
+        self.augment = augment
+        self.anatomies = sorted(volumes)
+        for anat in self.anatomies:
+            missing = [s for s in self.target_sites if s not in volumes[anat]]
+            if missing:
+                raise ValueError(f"anatomy {anat} lacks target sites {missing}")
+        # axial slices that contain brain, per anatomy
+        self.slices = {}
+        for anat in self.anatomies:
+            ref = next(iter(volumes[anat].values()))
+            has_brain = np.nonzero((ref > 0).sum(axis=(0, 1)) > 50)[0]
+            self.slices[anat] = has_brain[(has_brain >= self.k) & (has_brain < ref.shape[2] - self.k)]
+
+    def _stack(self, vol: np.ndarray, z: int, x0: int, y0: int) -> np.ndarray:
+        h, w = self.crop
+        sl = vol[x0:x0 + h, y0:y0 + w, z - self.k:z + self.k + 1]
+        out = np.zeros((h, w, 2 * self.k + 1), np.float32)
+        out[:sl.shape[0], :sl.shape[1]] = sl
+        return np.moveaxis(out, -1, 0)
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        src, alt, tgt, tsite, ssite = [], [], [], [], []
+        for _ in range(batch_size):
+            anat = self.anatomies[rng.integers(len(self.anatomies))]
+            sites = sorted(self.volumes[anat])
+            z = int(rng.choice(self.slices[anat]))
+            shape = self.volumes[anat][sites[0]].shape
+            x0 = int(rng.integers(0, max(1, shape[0] - self.crop[0] + 1)))
+            y0 = int(rng.integers(0, max(1, shape[1] - self.crop[1] + 1)))
+            s_src, s_alt = rng.choice(sites, 2, replace=len(sites) < 2)
+            s_tgt = self.target_sites[rng.integers(len(self.target_sites))]
+            src.append(augment_intensity(self._stack(self.volumes[anat][s_src], z, x0, y0), rng,
+                                         self.augment))
+            alt.append(augment_intensity(self._stack(self.volumes[anat][s_alt], z, x0, y0), rng,
+                                         self.augment))
+            tgt.append(self._stack(self.volumes[anat][s_tgt], z, x0, y0)[self.k:self.k + 1])
+            tsite.append(self.target_sites.index(s_tgt))
+            ssite.append(self.target_sites.index(s_src) if s_src in self.target_sites else -1)
+        t = torch.from_numpy
+        return Batch(t(np.stack(src)), t(np.stack(alt)), t(np.stack(tgt)),
+                     torch.tensor(tsite), torch.tensor(ssite))
+
+
+def volumes_from_simulated_dataset(bids_dir: Path, anatomies: list[str] | None = None
+                                   ) -> dict[str, dict[str, np.ndarray]]:
+    """Skull-stripped, normalized volumes of a ``harmonize_bids-simulate`` dataset."""
+    import nibabel as nb
+
+    from harmonize_bids.evaluation import read_simulated_dataset
+
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for img in read_simulated_dataset(bids_dir):
+        if anatomies is not None and img.anatomy not in anatomies:
+            continue
+        data = np.asarray(nb.load(img.t1w).dataobj, dtype=np.float32)
+        mask = np.asarray(nb.load(img.brain_mask).dataobj) > 0
+        out.setdefault(img.anatomy, {})[img.site] = normalize_brain(data, mask)
+    return out

@@ -1,0 +1,133 @@
+"""Losses and the training loop (collaborators passed in, small methods).
+
+Loss = diffusion loss (MSE of the v/eps/x0 prediction of the *target-site*
+slice, conditioned on the *source-site* condition)
++ ``consistency_weight`` * MSE(c(source), c(same anatomy at another site))
++ ``adversary_weight`` * cross-entropy of a site classifier on c, whose
+gradient is reversed into the encoder (so c stops carrying the site).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from harmonize_bids.diffusion.model import HarmonizationModel
+from harmonize_bids.diffusion.schedule import NoiseSchedule
+from harmonize_bids.training.data import Batch
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    consistency_weight: float = 1.0
+    adversary_weight: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_every: int = 50
+    bf16: bool = False
+
+
+class UniformTimesteps:
+    """Timestep sampler returning ``(t, weights)`` (room for importance sampling)."""
+
+    def __init__(self, num_steps: int):
+        self.num_steps = num_steps
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.randint(0, self.num_steps, (n,), generator=generator)
+        return t, torch.ones(n)
+
+
+def training_losses(model: HarmonizationModel, schedule: NoiseSchedule, batch: Batch,
+                    t: torch.Tensor, noise: torch.Tensor, config: TrainConfig,
+                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """All loss terms for one batch (see module docstring)."""
+    ab = torch.as_tensor(schedule.alphas_cumprod, dtype=torch.float32)[t][:, None, None, None]
+    cond = model.encode(batch.source, generator)
+    x_t = NoiseSchedule.q_sample(batch.target, noise, ab)
+    out = model(x_t, t, batch.target_site, cond)
+    pred = model.config.prediction
+    target = {"eps": noise, "x0": batch.target,
+              "v": NoiseSchedule.v_target(batch.target, noise, ab)}[pred]
+    losses = {"diffusion": F.mse_loss(out, target)}
+    if config.consistency_weight:
+        cond_alt = model.encode(batch.source_alt, generator)
+        losses["consistency"] = F.mse_loss(cond, cond_alt)
+    known = batch.source_site >= 0
+    if config.adversary_weight and known.any():
+        logits = model.site_classifier(cond[known], reverse=1.0)
+        losses["adversary"] = F.cross_entropy(logits, batch.source_site[known])
+    losses["loss"] = (losses["diffusion"]
+                      + config.consistency_weight * losses.get("consistency", 0.0)
+                      + config.adversary_weight * losses.get("adversary", 0.0))
+    return losses
+
+
+class TrainLoop:
+    """Optimizer, EMA weights and step counter around a model and a batch source."""
+
+    def __init__(self, model: HarmonizationModel, sample_batch: Callable[[np.random.Generator], Batch],
+                 config: TrainConfig):
+        self.model = model
+        self.sample_batch = sample_batch
+        self.config = config
+        self.schedule = model.schedule()
+        self.timesteps = UniformTimesteps(self.schedule.num_steps)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.ema = copy.deepcopy(model).eval()
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.step = 0
+        self.rng = np.random.default_rng(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.history: list[dict[str, float]] = []
+
+    def forward_backward(self, batch: Batch) -> dict[str, float]:
+        t, _ = self.timesteps.sample(batch.target.shape[0], self.generator)
+        noise = torch.randn(batch.target.shape, generator=self.generator)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
+            losses = training_losses(self.model, self.schedule, batch, t, noise, self.config,
+                                     self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in losses.items()}
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        for ema_p, p in zip(self.ema.parameters(), self.model.parameters()):
+            ema_p.mul_(decay).add_(p.detach(), alpha=1 - decay)
+        for ema_b, b in zip(self.ema.buffers(), self.model.buffers()):
+            ema_b.copy_(b)
+
+    def run_step(self) -> dict[str, float]:
+        self.model.train()
+        losses = self.forward_backward(self.sample_batch(self.rng))
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise FloatingPointError(f"non-finite loss at step {self.step}: {losses}")
+        self.optimizer.step()
+        self.update_ema()
+        self.step += 1
+        self.history.append({"step": self.step, **losses})
+        return losses
+
+    def run(self, steps: int | None = None,
+            log: Callable[[str], None] = lambda msg: None) -> list[dict[str, float]]:
+        for _ in range(steps if steps is not None else self.config.steps):
+            losses = self.run_step()
+            if self.step % self.config.log_every == 0:
+                log(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+        return self.history

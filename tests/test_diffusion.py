@@ -1,0 +1,198 @@
+"""The diffusion model parts: schedule math, network shapes, sampler, checkpoints, training."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from harmonize_bids.diffusion.checkpoint import ModelFileError, load_model, read_config, save_model
+from harmonize_bids.diffusion.condition import GradientReversal
+from harmonize_bids.diffusion.model import HarmonizationModel, ModelConfig
+from harmonize_bids.diffusion.sampler import harmonize_slices
+from harmonize_bids.diffusion.schedule import (
+    NoiseSchedule,
+    cosine_betas,
+    ddim_step,
+    linear_betas,
+    respace,
+)
+
+TINY = dict(base_channels=8, channel_mults=(1, 2), attention_levels=(1,), encoder_channels=8,
+            cond_channels=2)
+
+
+def tiny_model(sites=("a", "b"), **kw) -> HarmonizationModel:
+    torch.manual_seed(0)
+    return HarmonizationModel(ModelConfig(sites=sites, **{**TINY, **kw}))
+
+
+# ------------------------------------------------------------------ schedule
+def test_cosine_schedule_hand_values():
+    s, T = 0.008, 1000
+    f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    sched = NoiseSchedule.make(T, "cosine")
+    assert sched.alphas_cumprod[0] == pytest.approx(f(1) / f(0), rel=1e-12)
+    assert sched.alphas_cumprod[499] == pytest.approx(f(500) / f(0), rel=1e-9)
+    assert np.all(np.diff(sched.alphas_cumprod) < 0) and sched.alphas_cumprod[-1] < 1e-4
+    assert cosine_betas(T).max() == 0.999
+
+
+def test_linear_schedule_hand_values():
+    sched = NoiseSchedule.make(1000, "linear")
+    assert sched.alphas_cumprod[0] == pytest.approx(1 - 1e-4)
+    assert sched.alphas_cumprod[1] == pytest.approx((1 - 1e-4) * (1 - linear_betas(1000)[1]))
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_parameterizations_roundtrip(prediction):
+    rng = np.random.default_rng(0)
+    x0, eps, ab = rng.normal(size=5), rng.normal(size=5), 0.37
+    x_t = NoiseSchedule.q_sample(x0, eps, ab)
+    out = {"eps": eps, "x0": x0, "v": NoiseSchedule.v_target(x0, eps, ab)}[prediction]
+    got_x0, got_eps = NoiseSchedule.x0_eps_from(prediction, out, x_t, ab)
+    assert np.allclose(got_x0, x0) and np.allclose(got_eps, eps)
+
+
+def test_respacing_indices():
+    assert respace(1000, 5) == [999, 749, 500, 250, 0]
+    assert respace(1000, 10)[:3] == [999, 888, 777]
+    assert respace(1000, 4, strength=0.3) == [300, 200, 100, 0]
+    assert respace(1000, 1) == [999]
+    assert respace(10, 10) == list(range(9, -1, -1))
+    for bad in [dict(sample_steps=0), dict(sample_steps=1001), dict(sample_steps=5, strength=0)]:
+        with pytest.raises(ValueError):
+            respace(1000, **bad)
+
+
+def test_ddim_update_hand_value():
+    # x_prev = sqrt(0.81) * 2 + sqrt(0.19) * 0.5
+    assert ddim_step(2.0, 0.5, 0.81) == pytest.approx(0.9 * 2 + math.sqrt(0.19) * 0.5)
+    # eta = 1 with zero noise shrinks the eps term by sqrt(1 - ab_prev - sigma^2)
+    sigma = math.sqrt((1 - 0.81) / (1 - 0.5)) * math.sqrt(1 - 0.5 / 0.81)
+    assert ddim_step(2.0, 0.5, 0.81, eta=1.0, ab_t=0.5, noise=0.0) == pytest.approx(
+        0.9 * 2 + math.sqrt(0.19 - sigma ** 2) * 0.5)
+
+
+# ------------------------------------------------------------------ network
+def test_shapes_and_site_errors():
+    model = tiny_model()
+    x = torch.randn(3, 1, 16, 24)
+    cond = model.encode(torch.randn(3, 3, 16, 24))
+    assert cond.shape == (3, 2, 16, 24)
+    out = model(x, torch.tensor([0, 10, 999]), torch.tensor([0, 1, 0]), cond)
+    assert out.shape == (3, 1, 16, 24)
+    with pytest.raises(KeyError, match="it knows: a, b"):
+        model.config.site_index("c")
+    with pytest.raises(ValueError):
+        ModelConfig(sites=("a", "a"))
+
+
+def test_gradient_reversal_flips_gradient():
+    x = torch.ones(3, requires_grad=True)
+    GradientReversal.apply(x, 0.5).sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), -0.5))
+
+
+class _Oracle(HarmonizationModel):
+    """Predicts the exact v for a known clean image: the sampler must return it."""
+
+    clean: torch.Tensor
+
+    def forward(self, x_t, t, site, cond):
+        ab = torch.as_tensor(self.schedule().alphas_cumprod, dtype=x_t.dtype)[t][:, None, None, None]
+        eps = (x_t - ab.sqrt() * self.clean) / (1 - ab).sqrt()
+        return NoiseSchedule.v_target(self.clean, eps, ab)
+
+
+@pytest.mark.parametrize("steps,strength", [(10, 1.0), (3, 0.5), (1, 1.0)])
+def test_sampler_with_perfect_predictions_returns_the_clean_image(steps, strength):
+    model = _Oracle(ModelConfig(sites=("a",), **TINY))
+    model.clean = torch.rand(2, 1, 16, 16)
+    out = harmonize_slices(model, torch.rand(2, 3, 16, 16), 0, steps=steps, strength=strength,
+                           generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out, model.clean, atol=1e-4)
+
+
+def test_sampler_is_deterministic_pads_and_shares_noise():
+    model = tiny_model()
+    src = torch.rand(4, 3, 18, 22)   # not a multiple of 2: padded inside
+    run = lambda seed, **kw: harmonize_slices(  # noqa: E731
+        model, src, 1, steps=4, generator=torch.Generator().manual_seed(seed), **kw)
+    a, b, c = run(1), run(1), run(2)
+    assert a.shape == (4, 1, 18, 22)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # identical source slices + shared initial noise => identical outputs
+    same = harmonize_slices(model, src[:1].repeat(3, 1, 1, 1), 0, steps=3,
+                            generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(same[0], same[2])
+
+
+# ------------------------------------------------------------------ checkpoints
+def test_checkpoint_roundtrip_and_card(tmp_path):
+    model = tiny_model(sites=("ixihh", "siemens3tmprage"))
+    path = save_model(model, tmp_path / "m.safetensors", card={"steps": 5})
+    loaded, card = load_model(path)
+    assert card["sites"] == ["ixihh", "siemens3tmprage"] and card["steps"] == 5
+    assert len(card["sha256"]) == 64
+    assert read_config(path) == model.config
+    x, cond = torch.randn(1, 1, 8, 8), torch.zeros(1, 2, 8, 8)
+    t, s = torch.tensor([3]), torch.tensor([1])
+    model.eval()
+    assert torch.equal(model(x, t, s, cond), loaded(x, t, s, cond))
+    assert [p.name for p in tmp_path.iterdir()].count("m.safetensors") == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_untrusted_model_files_are_refused(tmp_path):
+    pickled = tmp_path / "evil.pt"
+    torch.save({"weights": torch.zeros(2)}, pickled)
+    with pytest.raises(ModelFileError, match="pickle"):
+        load_model(pickled)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(ModelFileError):
+        load_model(junk)
+    good = save_model(tiny_model(), tmp_path / "good.safetensors")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(ModelFileError):
+        load_model(truncated)
+    with pytest.raises(ModelFileError, match="not found"):
+        load_model(tmp_path / "missing.safetensors")
+
+
+# ------------------------------------------------------------------ training
+def test_tiny_model_trains_and_loss_drops():
+    from harmonize_bids.training.data import PairedSlices, normalize_brain
+    from harmonize_bids.training.loop import TrainConfig, TrainLoop, training_losses
+    from harmonize_bids.simulate.protocols import PROTOCOLS
+    from harmonize_bids.simulate.render import render
+    from toys import toy_labels
+
+    anat = toy_labels((24, 24, 16))
+    volumes = {"toy": {}}
+    for name in ("siemens3tmprage", "ge15tspgr", "siemens15tlowsnr"):
+        img, mask, _ = render(anat, PROTOCOLS[name], np.random.default_rng(0))
+        volumes["toy"][name] = normalize_brain(np.asarray(img.dataobj, float),
+                                               np.asarray(mask.dataobj))
+    data = PairedSlices(volumes, ["siemens3tmprage", "ge15tspgr"], crop=(16, 16))
+    model = tiny_model(sites=("siemens3tmprage", "ge15tspgr"))
+    loop = TrainLoop(model, lambda rng: data.sample(8, rng), TrainConfig(lr=2e-3, seed=0))
+    fixed = data.sample(8, np.random.default_rng(1))
+    t = torch.tensor([50, 200, 400, 600, 800, 900, 950, 999])
+    noise = torch.randn(fixed.target.shape, generator=torch.Generator().manual_seed(1))
+
+    def fixed_loss():
+        model.eval()
+        with torch.no_grad():
+            return float(training_losses(model, loop.schedule, fixed, t, noise,
+                                         loop.config)["diffusion"])
+
+    before = fixed_loss()
+    history = loop.run(60)
+    after = fixed_loss()
+    assert len(history) == 60 and loop.step == 60
+    assert after < 0.7 * before, (before, after)
+    assert {"diffusion", "consistency", "adversary", "loss"} <= set(history[-1])
