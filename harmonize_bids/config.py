@@ -39,6 +39,8 @@ class Settings:
     target_site: str | None = None
     model: Path | None = None
     device: Device = "auto"
+    steps: int = 10
+    strength: float = 1.0
     sloppy: bool = False
     verbose: int = 0
     stop_on_first_crash: bool = False

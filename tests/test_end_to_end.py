@@ -143,7 +143,8 @@ def test_exit_codes_of_the_whole_app(synthetic_bids, tmp_path):
     filt = tmp_path / "f.json"
     filt.write_text(json.dumps({"t1w": {"acquisition": "none"}}))
     assert main(common + ["--bids-filter-file", str(filt), "--skip-bids-validation"]) == 18
-    assert main(common + ["--target-site", "siteA", "--skip-bids-validation"]) == 64
+    assert main(common + ["--target-site", "siteA", "--skip-bids-validation",
+                          "--model", str(tmp_path / "missing.safetensors")]) == 66
     assert not (tmp_path / "out" / "sub-01").exists()
 
 

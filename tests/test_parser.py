@@ -18,7 +18,8 @@ def test_help_lists_every_option(capsys):
     for opt in ("--participant-label", "--session-label", "--bids-filter-file",
                 "--skip-bids-validation", "--work-dir", "--nprocs", "--omp-nthreads",
                 "--mem-mb", "--random-seed", "--target-site", "--model", "--device",
-                "--sloppy", "--verbose", "--version", "(default:"):
+                "--sloppy", "--verbose", "--version", "--steps", "--strength",
+                "--model-info", "(default:"):
         assert opt in text
 
 

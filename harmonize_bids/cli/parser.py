@@ -30,6 +30,13 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _strength(value: str) -> float:
+    number = float(value)
+    if not 0.0 < number <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return number
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="harmonize_bids",
@@ -78,6 +85,14 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="model file (.safetensors); default: the bundled model")
     model.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                        help="where the model runs; 'auto' uses a GPU when one is available")
+    model.add_argument("--steps", type=_positive_int, default=10,
+                       help="denoising steps of the skip sampler (network evaluations)")
+    model.add_argument("--strength", type=_strength, default=1.0,
+                       help="1: start from pure noise; <1: start from the noised source "
+                            "(keeps more of the source, fewer noise levels to cross)")
+    model.add_argument("--model-info", action="store_true",
+                       help="print the model card of --model (or the bundled model) as JSON "
+                            "and exit")
 
     perf = parser.add_argument_group("Performance and reproducibility")
     perf.add_argument("-w", "--work-dir", type=Path, default=Path("work"),
@@ -108,6 +123,21 @@ def _is_within(path: Path, parent: Path) -> bool:
 def parse_args(argv: list[str] | None = None) -> Settings:
     """Parse and check the command line; raise :class:`UsageError`/:class:`InputError`."""
     opts = _build_parser().parse_args(argv)
+    return _check(opts)
+
+
+def model_info_request(argv: list[str] | None) -> Path | None | bool:
+    """``--model-info`` needs no positional arguments: return the model asked for
+    (None: the bundled one), or False when ``--model-info`` was not given."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model-info", action="store_true")
+    pre.add_argument("--model", type=Path)
+    known, _ = pre.parse_known_args(argv)
+    return (known.model if known.model else None) if known.model_info else False
+
+
+def _check(opts: argparse.Namespace) -> Settings:
+    """Cross-option checks; build the Settings."""
     bids_dir = opts.bids_dir.absolute()
     output_dir = opts.output_dir.absolute()
     work_dir = opts.work_dir.absolute()
@@ -144,6 +174,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         target_site=opts.target_site,
         model=opts.model.absolute() if opts.model else None,
         device=opts.device,
+        steps=opts.steps,
+        strength=opts.strength,
         sloppy=opts.sloppy,
         verbose=opts.verbose,
         stop_on_first_crash=opts.stop_on_first_crash,

@@ -7,6 +7,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 from harmonize_bids import __version__
@@ -23,6 +24,7 @@ MAJOR_STEPS = {
     "reg_head_syn": "brain extraction: nonlinear head-template registration",
     "reg_brain": "registration to MNI152NLin2009aSym",
     "normalize": "intensity normalization in template space",
+    "harmonize": "harmonization (diffusion model)",
 }
 
 
@@ -70,6 +72,45 @@ class ProgressReporter:
             LOGGER.error("[%s] FAILED at %s", label, step or node.name)
 
 
+def resolve_model(model: Path | None) -> Path:
+    """The model file to use: ``--model`` or the bundled one."""
+    from harmonize_bids.diffusion.checkpoint import bundled_model
+
+    if model is not None:
+        return model
+    bundled = bundled_model()
+    if bundled is None:
+        raise UsageError("This installation has no bundled model: pass --model FILE "
+                         "(e.g. OUTPUT_DIR/models/harmonize_bids_model.safetensors from the "
+                         "group level).")
+    return bundled
+
+
+def check_target_site(model_file: Path, target_site: str) -> None:
+    """Refuse early (exit 64) a target site the model does not know."""
+    from harmonize_bids.diffusion.checkpoint import read_config
+
+    try:
+        read_config(model_file).site_index(target_site)
+    except KeyError as err:
+        raise UsageError(f"--target-site: {err.args[0]}") from None
+
+
+def print_model_info(model: Path | None) -> int:
+    """``--model-info``: the model card as JSON."""
+    import json
+
+    from harmonize_bids.diffusion.checkpoint import card_path, file_sha256, read_config
+
+    path = resolve_model(model)
+    config = read_config(path)
+    card = json.loads(card_path(path).read_text()) if card_path(path).is_file() else {}
+    card.update({"model_file": str(path), "sha256": file_sha256(path),
+                 "sites": list(config.sites), "config": config.to_dict()})
+    print(json.dumps(card, indent=2, sort_keys=True))
+    return 0
+
+
 @contextmanager
 def thread_environment(omp_nthreads: int) -> Iterator[None]:
     """Threads per step for the worker processes nipype starts inside the block.
@@ -93,7 +134,7 @@ def thread_environment(omp_nthreads: int) -> Iterator[None]:
 def build_workflow(settings: Settings):
     """Collect the inputs and build the nipype workflow; return (workflow, records)."""
     from harmonize_bids.utils import bids as bids_utils
-    from harmonize_bids.workflows.base import init_harmonize_bids_wf
+    from harmonize_bids.workflows.base import HarmonizeOptions, init_harmonize_bids_wf
 
     layout = bids_utils.load_layout(settings.bids_dir)
     if not settings.skip_bids_validation:
@@ -106,9 +147,20 @@ def build_workflow(settings: Settings):
                                        settings.site_from_session)
     LOGGER.info("Selected %d T1w image(s) from %d participant(s). Sites:\n%s", len(records),
                 len({r.subject for r in records}), bids_utils.format_site_table(records))
+    harmonize = None
+    if settings.target_site is not None:
+        model_file = resolve_model(settings.model)
+        check_target_site(model_file, settings.target_site)
+        harmonize = HarmonizeOptions(model_file=model_file, target_site=settings.target_site,
+                                     steps=settings.steps, strength=settings.strength,
+                                     device=settings.device, mem_mb=settings.mem_mb)
+        LOGGER.info("Harmonizing to site '%s' with %s (%d steps, strength %g)",
+                    settings.target_site, model_file, settings.steps, settings.strength)
+    else:
+        LOGGER.info("No --target-site: preprocessing only.")
     workflow = init_harmonize_bids_wf(
         records=records, output_dir=settings.output_dir, omp_nthreads=settings.omp_nthreads,
-        sloppy=settings.sloppy, random_seed=settings.random_seed)
+        sloppy=settings.sloppy, random_seed=settings.random_seed, harmonize=harmonize)
     workflow.base_dir = str(settings.work_dir)
     workflow.config["execution"] = {
         "crashdump_dir": str(settings.work_dir / "crash"),
@@ -127,11 +179,6 @@ def _run_participant(settings: Settings) -> int:
     from harmonize_bids.workflows.base import workflow_name
     from harmonize_bids.workflows.outputs import ANAT_OUTPUTS
 
-    if settings.target_site is not None:
-        raise UsageError(
-            "--target-site needs the harmonization model, which this version does not "
-            "include yet. Run without --target-site to preprocess."
-        )
     workflow, records = build_workflow(settings)
     init_derivatives(settings.output_dir, settings.bids_dir)
     config_file = settings.to_filename(settings.work_dir / "config.toml")
@@ -150,9 +197,12 @@ def _run_participant(settings: Settings) -> int:
         LOGGER.debug("nipype: %s", err)
     elapsed = time.monotonic() - started
 
+    expected = list(ANAT_OUTPUTS.values())
+    if settings.target_site is not None:
+        expected += ["std_harmonized", "harmonized"]
     rows, n_failed = [], 0
     for rec in records:
-        missing = [k for k in ANAT_OUTPUTS.values()
+        missing = [k for k in expected
                    if k in OUTPUTS and not derivative_path(settings.output_dir, rec.entities, k).exists()]
         failed = rec.label in reporter.failed or bool(missing)
         n_failed += failed
@@ -180,9 +230,12 @@ def run(settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the process exit code."""
-    from harmonize_bids.cli.parser import parse_args
+    from harmonize_bids.cli.parser import model_info_request, parse_args
 
     try:
+        info = model_info_request(argv)
+        if info is not False:
+            return print_model_info(info)
         settings = parse_args(argv)
     except HarmonizeError as err:
         print(f"harmonize_bids: error: {err}", file=sys.stderr)

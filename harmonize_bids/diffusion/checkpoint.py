@@ -27,6 +27,15 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+BUNDLED = Path(__file__).resolve().parents[1] / "data" / "models" / \
+    "harmonize_bids_default.safetensors"
+
+
+def bundled_model() -> Path | None:
+    """The model shipped in the package, if this installation has one."""
+    return BUNDLED if BUNDLED.is_file() else None
+
+
 def card_path(model_path: Path) -> Path:
     """``model.safetensors`` -> ``model.json``."""
     return Path(model_path).with_suffix(".json")

@@ -34,6 +34,8 @@ class ModelConfig:
     prediction: str = "v"
     schedule: str = "cosine"
     num_timesteps: int = 1000
+    #: voxel size (mm) the model works at; template-space inputs are resampled to it
+    voxel_mm: float = 2.0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -194,7 +194,7 @@ def init_register_template_wf(*, omp_nthreads: int, settings: AntsSettings, rand
         name="resample_mask", n_procs=omp_nthreads, mem_gb=1.0)
     binarize_mask = pe.Node(Binarize(threshold=0.5), name="binarize_mask")
     normalize = pe.Node(NormalizeIntensity(percentile=99.0), name="normalize")
-    # >>> the harmonization model plugs in after ``normalize`` (see docs/design.md)
+    # the harmonization model (workflows/harmonization.py) takes ``normalize``'s output
     workflow.connect([
         (inputnode, reg_brain, [("brain", "moving_image"),
                                 ("initial_xfm", "initial_transform")]),

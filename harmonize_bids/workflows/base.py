@@ -2,13 +2,27 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from nipype.pipeline import engine as pe
 
 from harmonize_bids.utils.bids import T1wRecord
 from harmonize_bids.workflows.anatomical import init_anat_preproc_wf
-from harmonize_bids.workflows.outputs import ANAT_OUTPUTS, init_ds_anat_wf
+from harmonize_bids.workflows.harmonization import init_harmonize_wf
+from harmonize_bids.workflows.outputs import ANAT_OUTPUTS, init_ds_anat_wf, init_ds_harmonized_wf
+
+
+@dataclass(frozen=True)
+class HarmonizeOptions:
+    """What the harmonization step needs (absent: preprocessing only)."""
+
+    model_file: Path
+    target_site: str
+    steps: int = 10
+    strength: float = 1.0
+    device: str = "auto"
+    mem_mb: int | None = None
 
 
 def workflow_name(record: T1wRecord) -> str:
@@ -18,6 +32,7 @@ def workflow_name(record: T1wRecord) -> str:
 
 def init_harmonize_bids_wf(*, records: list[T1wRecord], output_dir: Path, omp_nthreads: int,
                            sloppy: bool, random_seed: int,
+                           harmonize: HarmonizeOptions | None = None,
                            name: str = "harmonize_bids_wf") -> pe.Workflow:
     """Build the workflow for all selected T1w images.
 
@@ -29,6 +44,8 @@ def init_harmonize_bids_wf(*, records: list[T1wRecord], output_dir: Path, omp_nt
         Root of the derivative dataset.
     omp_nthreads, sloppy, random_seed
         See :func:`~harmonize_bids.workflows.anatomical.init_anat_preproc_wf`.
+    harmonize
+        Model and target site; without it the workflow stops after preprocessing.
     """
     workflow = pe.Workflow(name=name)
     for record in records:
@@ -44,5 +61,24 @@ def init_harmonize_bids_wf(*, records: list[T1wRecord], output_dir: Path, omp_nt
         for field in ANAT_OUTPUTS:
             single_wf.connect(anat_preproc_wf, f"outputnode.{field}",
                               ds_anat_wf, f"inputnode.{field}")
+        if harmonize is not None:
+            harmonize_wf = init_harmonize_wf(
+                model_file=harmonize.model_file, target_site=harmonize.target_site,
+                steps=harmonize.steps, strength=harmonize.strength, random_seed=random_seed,
+                device=harmonize.device, omp_nthreads=omp_nthreads, mem_mb=harmonize.mem_mb)
+            ds_harmonized_wf = init_ds_harmonized_wf(
+                output_dir=output_dir, source_entities=dict(record.entities), site=record.site)
+            single_wf.connect([
+                (anat_preproc_wf, harmonize_wf, [
+                    ("outputnode.std_t1w", "inputnode.std_t1w"),
+                    ("outputnode.std_mask", "inputnode.std_mask"),
+                    ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
+                    ("outputnode.brain_mask", "inputnode.brain_mask"),
+                    ("outputnode.std2t1w_xfm", "inputnode.std2t1w_xfm")]),
+                (harmonize_wf, ds_harmonized_wf, [
+                    ("outputnode.std_harmonized", "inputnode.std_harmonized"),
+                    ("outputnode.harmonized", "inputnode.harmonized"),
+                    ("outputnode.metadata", "inputnode.metadata")]),
+            ])
         workflow.add_nodes([single_wf])
     return workflow

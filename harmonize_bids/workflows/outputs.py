@@ -62,3 +62,28 @@ def init_ds_anat_wf(*, output_dir: Path, source_entities: dict[str, Any], site: 
 
 def _merge_dicts(a: dict, b: dict) -> dict:
     return {**a, **b}
+
+
+def init_ds_harmonized_wf(*, output_dir: Path, source_entities: dict[str, Any], site: str,
+                          name: str = "ds_harmonized_wf") -> pe.Workflow:
+    """Save the harmonized brain in template space and on the T1w grid.
+
+    Inputs: ``std_harmonized``, ``harmonized``, ``metadata`` (from the Harmonize node:
+    model hash, target site, steps, strength, seed, device); ``SourceSite`` is added.
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["std_harmonized", "harmonized", "metadata"]),
+                        name="inputnode")
+    add_source = pe.Node(niu.Function(function=_merge_dicts, input_names=["a", "b"],
+                                      output_names=["out"]),
+                         name="add_source", run_without_submitting=True)
+    add_source.inputs.b = {"SourceSite": site}
+    workflow.connect(inputnode, "metadata", add_source, "a")
+    for field in ("std_harmonized", "harmonized"):
+        sink = pe.Node(DerivativesSink(
+            output_dir=str(output_dir), kind=field, source_entities=source_entities, site=site),
+            name=f"ds_{field}", run_without_submitting=True)
+        sink.overwrite = True
+        workflow.connect([(inputnode, sink, [(field, "in_file")]),
+                          (add_source, sink, [("out", "metadata")])])
+    return workflow

@@ -1,0 +1,48 @@
+"""Harmonization after preprocessing: model in template space, then back to T1w."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from harmonize_bids.interfaces.ants import ApplyTransform
+from harmonize_bids.interfaces.harmonize import Harmonize
+from harmonize_bids.interfaces.images import ApplyMask
+
+
+def init_harmonize_wf(*, model_file: Path, target_site: str, steps: int, strength: float,
+                      random_seed: int, device: str, omp_nthreads: int, mem_mb: int | None,
+                      name: str = "harmonize_wf") -> pe.Workflow:
+    """Harmonize the template-space brain to ``target_site`` and resample it to T1w.
+
+    Inputs: ``std_t1w``, ``std_mask``, ``t1w_preproc``, ``brain_mask``,
+    ``std2t1w_xfm``.  Outputs: ``std_harmonized``, ``harmonized``, ``metadata``.
+    """
+    workflow = pe.Workflow(name=name)
+    workflow.__desc__ = (
+        f"The brain in template space was harmonized to site '{target_site}' with a "
+        f"conditional diffusion model ({steps} deterministic DDIM steps) and resampled "
+        "back to the T1w grid.")
+    inputnode = pe.Node(niu.IdentityInterface(fields=[
+        "std_t1w", "std_mask", "t1w_preproc", "brain_mask", "std2t1w_xfm"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["std_harmonized", "harmonized",
+                                                       "metadata"]), name="outputnode")
+    harmonize = pe.Node(Harmonize(
+        model_file=str(model_file), target_site=target_site, steps=steps, strength=strength,
+        random_seed=random_seed, device=device, mem_mb=mem_mb or 0, num_threads=omp_nthreads),
+        name="harmonize", n_procs=omp_nthreads, mem_gb=(mem_mb or 4096) / 1024)
+    to_t1w = pe.Node(ApplyTransform(interpolation="linear", num_threads=omp_nthreads),
+                     name="to_t1w", n_procs=omp_nthreads)
+    mask_t1w = pe.Node(ApplyMask(), name="mask_t1w")
+    workflow.connect([
+        (inputnode, harmonize, [("std_t1w", "in_file"), ("std_mask", "mask_file")]),
+        (inputnode, to_t1w, [("t1w_preproc", "reference_image"),
+                             ("std2t1w_xfm", "transform")]),
+        (harmonize, to_t1w, [("out_file", "input_image")]),
+        (to_t1w, mask_t1w, [("out_file", "in_file")]),
+        (inputnode, mask_t1w, [("brain_mask", "mask_file")]),
+        (harmonize, outputnode, [("out_file", "std_harmonized"), ("metadata", "metadata")]),
+        (mask_t1w, outputnode, [("out_file", "harmonized")]),
+    ])
+    return workflow
