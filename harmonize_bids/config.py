@@ -41,6 +41,11 @@ class Settings:
     device: Device = "auto"
     steps: int = 10
     strength: float = 1.0
+    train_steps: int = 2000
+    batch_size: int = 12
+    patch_size: int = 64
+    learning_rate: float = 2e-4
+    shifted_copies: int = 3
     sloppy: bool = False
     verbose: int = 0
     stop_on_first_crash: bool = False

@@ -72,3 +72,40 @@ def test_model_info(tiny_model_file, capsys):
     card = json.loads(capsys.readouterr().out)
     assert card["sites"] == ["siteA", "siteB"] and card["note"] == "random weights, tests"
     assert card["config"]["voxel_mm"] == 4.0
+
+
+def test_group_level_trains_resumes_and_the_model_harmonizes(sloppy_run, tmp_path):
+    """group on the sloppy participant outputs: model + card + loss figure; resume; use it."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(sloppy_run["out"], out)
+    work = tmp_path / "work"
+    common = [str(sloppy_run["bids"]), str(out), "group", "-w", str(work),
+              "--batch-size", "2", "--patch-size", "32", "--shifted-copies", "1",
+              "--skip-bids-validation", "--nprocs", "2", "--random-seed", "3"]
+    assert main(common + ["--train-steps", "4"]) == 0
+    model = out / "models" / "harmonize_bids_model.safetensors"
+    card = json.loads(model.with_suffix(".json").read_text())
+    assert card["sites"] == ["siteA", "siteB", "siteC"]
+    assert card["training"]["steps"] == 4 and card["training_data"]["n_images"] == 3
+    assert (out / "models" / "harmonize_bids_model_loss.png").stat().st_size > 1000
+    state = json.loads((work / "group_training" / "state.json").read_text())
+    assert state["step"] == 4
+    # more steps: resumes from 4 (history continues) instead of starting again
+    assert main(common + ["--train-steps", "6"]) == 0
+    state = json.loads((work / "group_training" / "state.json").read_text())
+    assert state["step"] == 6 and [h["step"] for h in state["history"]] == list(range(1, 7))
+    # the trained model plugs into the participant level
+    code = main([str(sloppy_run["bids"]), str(out), "participant", "--sloppy", "-w",
+                 str(tmp_path / "work2"), "--participant-label", "01", "--target-site", "siteC",
+                 "--model", str(model), "--steps", "2", "--skip-bids-validation",
+                 "--nprocs", "2"])
+    assert code == 0
+    assert (out / "sub-01/anat/sub-01_desc-harmonized_T1w.nii.gz").is_file()
+
+
+def test_group_level_needs_participant_outputs(synthetic_bids, tmp_path):
+    code = main([str(synthetic_bids), str(tmp_path / "empty_out"), "group", "-w",
+                 str(tmp_path / "w"), "--train-steps", "2", "--skip-bids-validation"])
+    assert code == 66

@@ -94,6 +94,17 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="print the model card of --model (or the bundled model) as JSON "
                             "and exit")
 
+    train = parser.add_argument_group("Training (group level)")
+    train.add_argument("--train-steps", type=_positive_int, default=2000,
+                       help="optimizer steps; training resumes from WORK_DIR/group_training")
+    train.add_argument("--batch-size", type=_positive_int, default=12,
+                       help="slices (patches) per step")
+    train.add_argument("--patch-size", type=_positive_int, default=64,
+                       help="square patch side in voxels (the model is fully convolutional)")
+    train.add_argument("--learning-rate", type=float, default=2e-4, help="AdamW learning rate")
+    train.add_argument("--shifted-copies", type=int, default=3,
+                       help="protocol-shifted copies of each image used as extra sources")
+
     perf = parser.add_argument_group("Performance and reproducibility")
     perf.add_argument("-w", "--work-dir", type=Path, default=Path("work"),
                       help="working directory for intermediate results; reused on rerun")
@@ -176,6 +187,11 @@ def _check(opts: argparse.Namespace) -> Settings:
         device=opts.device,
         steps=opts.steps,
         strength=opts.strength,
+        train_steps=opts.train_steps,
+        batch_size=opts.batch_size,
+        patch_size=opts.patch_size,
+        learning_rate=opts.learning_rate,
+        shifted_copies=opts.shifted_copies,
         sloppy=opts.sloppy,
         verbose=opts.verbose,
         stop_on_first_crash=opts.stop_on_first_crash,

@@ -185,8 +185,11 @@ def _run_participant(settings: Settings) -> int:
     LOGGER.info("Settings written to %s", config_file)
 
     reporter = ProgressReporter({workflow_name(r): r.label for r in records}, settings.verbose)
+    # "spawn": fresh worker processes. Forking a process that already ran PyTorch
+    # (OpenMP thread pools) can deadlock the children; spawned workers also read the
+    # thread environment set just below.
     plugin_args = {"n_procs": settings.nprocs, "raise_insufficient": False,
-                   "status_callback": reporter}
+                   "status_callback": reporter, "mp_context": "spawn"}
     if settings.mem_mb:
         plugin_args["memory_gb"] = settings.mem_mb / 1024
     started = time.monotonic()
@@ -224,8 +227,35 @@ def run(settings: Settings) -> int:
                 settings.output_dir, settings.work_dir, settings.random_seed,
                 "  (sloppy)" if settings.sloppy else "")
     if settings.analysis_level == "group":
-        raise UsageError("The group level (model training) is not available in this version.")
+        return _run_group(settings)
     return _run_participant(settings)
+
+
+def _run_group(settings: Settings) -> int:
+    """Train a model on the participants' preprocessed brains (sites from the site table)."""
+    from harmonize_bids.training.group import GroupOptions, train_group_model
+    from harmonize_bids.utils import bids as bids_utils
+
+    layout = bids_utils.load_layout(settings.bids_dir)
+    if not settings.skip_bids_validation:
+        LOGGER.info("Validating %s with bids-validator-deno ...", settings.bids_dir)
+        bids_utils.validate_dataset(settings.bids_dir, settings.participant_label,
+                                    settings.work_dir / "bids_validation")
+    files = bids_utils.collect_t1w(layout, settings.participant_label, settings.session_label,
+                                   settings.bids_filters)
+    records = bids_utils.resolve_sites(layout, files, settings.site_column,
+                                       settings.site_from_session)
+    LOGGER.info("Site table:\n%s", bids_utils.format_site_table(records))
+    settings.to_filename(settings.work_dir / "config_group.toml")
+    options = GroupOptions(
+        train_steps=settings.train_steps, batch_size=settings.batch_size,
+        patch_size=settings.patch_size, learning_rate=settings.learning_rate,
+        shifted_copies=settings.shifted_copies, device=settings.device,
+        num_threads=settings.omp_nthreads, seed=settings.random_seed,
+        checkpoint_every=max(1, min(200, settings.train_steps // 10)))
+    train_group_model(records, settings.output_dir, settings.work_dir, options,
+                      log=lambda msg: LOGGER.info("%s", msg))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

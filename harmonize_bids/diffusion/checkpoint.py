@@ -43,18 +43,18 @@ def card_path(model_path: Path) -> Path:
 
 def _read_header(path: Path) -> dict[str, Any]:
     """Parse the safetensors header by hand (8-byte length + JSON), refusing anything else."""
-    with Path(path).open("rb") as fobj:
-        head = fobj.read(8)
-        if len(head) < 8:
-            raise ModelFileError(f"{path}: too short to be a safetensors model file")
-        if head[:2] == b"PK" or head[:1] == b"\x80":
-            raise ModelFileError(
-                f"{path}: looks like a pickle/PyTorch checkpoint; only .safetensors model "
-                "files are accepted (pickles can run arbitrary code)")
-        (length,) = struct.unpack("<Q", head)
-        size = Path(path).stat().st_size
-        if length > min(size - 8, 100_000_000):
-            raise ModelFileError(f"{path}: not a safetensors file (bad header length)")
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as fobj:
+        head = fobj.read(9)
+        (length,) = struct.unpack("<Q", head[:8]) if len(head) >= 8 else (0,)
+        if len(head) < 9 or head[8:9] != b"{" or length > min(size - 8, 100_000_000):
+            if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"):
+                raise ModelFileError(
+                    f"{path}: looks like a pickle/PyTorch checkpoint; only .safetensors model "
+                    "files are accepted (unpickling can run arbitrary code)")
+            raise ModelFileError(f"{path}: not a safetensors model file")
+        fobj.seek(8)
         try:
             header = json.loads(fobj.read(length))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -10,7 +10,13 @@ brain is 1).  A batch pairs, for random anatomies and axial slices:
 - ``source_alt``: the same slices at another random site (for the
   condition-consistency loss);
 - ``target`` ``[B x 1 x H x W]``: the slice at a random *target* site (a site
-  of the model); ``target_site`` and ``source_site`` (index or -1) indices.
+  of the model that this anatomy was seen at); ``target_site`` and
+  ``source_site`` (index or -1) indices.
+
+Traveling subjects (simulation) give true pairs.  A real dataset has one site
+per participant: its extra "sites" are protocol-shifted copies of the real
+image (:func:`add_shifted_copies`), so the model still learns to map many
+scanners onto each real site, with the real image as the target.
 """
 from __future__ import annotations
 
@@ -59,9 +65,8 @@ class PairedSlices:
         self.augment = augment
         self.anatomies = sorted(volumes)
         for anat in self.anatomies:
-            missing = [s for s in self.target_sites if s not in volumes[anat]]
-            if missing:
-                raise ValueError(f"anatomy {anat} lacks target sites {missing}")
+            if not any(s in volumes[anat] for s in self.target_sites):
+                raise ValueError(f"anatomy {anat} has no image at any target site")
         # axial slices that contain brain, per anatomy
         self.slices = {}
         for anat in self.anatomies:
@@ -86,7 +91,8 @@ class PairedSlices:
             x0 = int(rng.integers(0, max(1, shape[0] - self.crop[0] + 1)))
             y0 = int(rng.integers(0, max(1, shape[1] - self.crop[1] + 1)))
             s_src, s_alt = rng.choice(sites, 2, replace=len(sites) < 2)
-            s_tgt = self.target_sites[rng.integers(len(self.target_sites))]
+            here = [s for s in self.target_sites if s in self.volumes[anat]]
+            s_tgt = here[rng.integers(len(here))]
             src.append(augment_intensity(self._stack(self.volumes[anat][s_src], z, x0, y0), rng,
                                          self.augment))
             alt.append(augment_intensity(self._stack(self.volumes[anat][s_alt], z, x0, y0), rng,
@@ -114,3 +120,19 @@ def volumes_from_simulated_dataset(bids_dir: Path, anatomies: list[str] | None =
         mask = np.asarray(nb.load(img.brain_mask).dataobj) > 0
         out.setdefault(img.anatomy, {})[img.site] = normalize_brain(data, mask)
     return out
+
+
+def add_shifted_copies(volumes: dict[str, dict[str, np.ndarray]], masks: dict[str, np.ndarray],
+                       n_copies: int, rng: np.random.Generator,
+                       spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)) -> None:
+    """Add ``n_copies`` randomly protocol-shifted copies of each anatomy's first image
+    (sites ``shifted0``, ``shifted1``, ...: sources only, never targets)."""
+    from harmonize_bids.simulate.protocols import random_protocol
+    from harmonize_bids.simulate.shift import shift_real_image
+
+    for anat, by_site in volumes.items():
+        real = next(iter(by_site.values()))
+        for k in range(n_copies):
+            protocol = random_protocol(rng, f"shifted{k}")
+            shifted = shift_real_image(real, masks[anat], protocol, rng, spacing_mm=spacing_mm)
+            by_site[f"shifted{k}"] = normalize_brain(shifted.astype(np.float32), masks[anat])

@@ -131,3 +131,64 @@ class TrainLoop:
             if self.step % self.config.log_every == 0:
                 log(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
         return self.history
+
+
+def save_state(loop: TrainLoop, path) -> None:
+    """Resumable training state (model, EMA, optimizer, step, history) as safetensors + JSON.
+
+    Never pickled: tensors go to ``path`` (safetensors), scalars to ``path.json``.
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from harmonize_bids.utils.io import atomic_path, atomic_write_json
+
+    path = Path(path)
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in loop.model.state_dict().items()}
+    tensors.update({f"ema.{k}": v.detach().contiguous() for k, v in loop.ema.state_dict().items()})
+    opt = loop.optimizer.state_dict()
+    scalars = {"step": loop.step, "param_groups": opt["param_groups"], "opt_steps": {},
+               "config": loop.model.config.to_dict(), "history": loop.history,
+               "rng": loop.rng.bit_generator.state}
+    for idx, st in opt["state"].items():
+        for key, value in st.items():
+            if torch.is_tensor(value) and value.ndim > 0:
+                tensors[f"opt.{idx}.{key}"] = value.contiguous()
+            else:
+                scalars["opt_steps"][f"{idx}.{key}"] = float(value)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+    atomic_write_json(json.loads(json.dumps(scalars, default=str)), path.with_suffix(".json"))
+
+
+def load_state(loop: TrainLoop, path) -> bool:
+    """Restore what :func:`save_state` wrote; False if there is nothing to resume."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file() or not path.with_suffix(".json").is_file():
+        return False
+    scalars = json.loads(path.with_suffix(".json").read_text())
+    if scalars["config"] != loop.model.config.to_dict():
+        raise ValueError(f"{path}: checkpoint was made for another model configuration")
+    tensors = load_file(str(path))
+    loop.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    loop.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for key, value in scalars["opt_steps"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = torch.tensor(value)
+    loop.optimizer.load_state_dict({"state": state, "param_groups": scalars["param_groups"]})
+    loop.step = int(scalars["step"])
+    loop.history = scalars["history"]
+    loop.rng.bit_generator.state = scalars["rng"]
+    return True

@@ -1,0 +1,154 @@
+"""The group level: train a dataset-specific model on the preprocessed participants.
+
+Inputs are the participant level's template-space brains
+(``…_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz`` and masks), resampled
+to the model's voxel size; sites come from the site table.  Each participant
+is the target at its own site; randomly protocol-shifted copies of it act as
+extra sources (see :mod:`harmonize_bids.training.data`).  Training state is
+saved every ``checkpoint_every`` steps in the work directory and resumed.
+"""
+from __future__ import annotations
+
+import datetime
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import nibabel as nb
+import numpy as np
+from scipy import ndimage as ndi
+
+from harmonize_bids import __version__
+from harmonize_bids.derivatives import derivative_path
+from harmonize_bids.exceptions import InputError
+from harmonize_bids.utils.bids import T1wRecord
+
+
+@dataclass(frozen=True)
+class GroupOptions:
+    train_steps: int = 2000
+    batch_size: int = 12
+    patch_size: int = 64
+    learning_rate: float = 2e-4
+    shifted_copies: int = 3
+    base_channels: int = 24
+    checkpoint_every: int = 200
+    voxel_mm: float = 2.0
+    device: str = "auto"
+    num_threads: int = 1
+    seed: int = 0
+
+
+def load_training_volumes(records: list[T1wRecord], output_dir: Path, voxel_mm: float
+                          ) -> tuple[dict, dict, list[str]]:
+    """Template-space brains of every record, at ``voxel_mm``: (volumes, masks, used)."""
+    volumes, masks, used, missing = {}, {}, [], []
+    for rec in records:
+        std = derivative_path(output_dir, rec.entities, "std_t1w")
+        msk = derivative_path(output_dir, rec.entities, "std_mask")
+        if not (std.is_file() and msk.is_file()):
+            missing.append(rec.label)
+            continue
+        img = nb.load(std)
+        zoom = np.array(img.header.get_zooms()[:3]) / voxel_mm
+        data = ndi.zoom(np.asarray(img.dataobj, np.float32), zoom, order=1)
+        mask = ndi.zoom(np.asarray(nb.load(msk).dataobj, np.float32), zoom, order=1) > 0.5
+        volumes[rec.label] = {rec.site: np.where(mask, data, 0).astype(np.float32)}
+        masks[rec.label] = mask
+        used.append(rec.label)
+    if missing and not used:
+        raise InputError("No preprocessed participants found in the output directory: run the "
+                         "participant level first (missing: " + ", ".join(missing[:10]) + ")")
+    return volumes, masks, used
+
+
+def loss_figure(history: list[dict], path: Path) -> Path:
+    """Loss curve (diffusion and total, moving average) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([h["step"] for h in history])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in ("diffusion", "loss"):
+        vals = np.array([h[key] for h in history])
+        width = max(1, len(vals) // 50)
+        smooth = np.convolve(vals, np.ones(width) / width, mode="valid")
+        ax.plot(steps[width - 1:], smooth, label=key)
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path,
+                      options: GroupOptions, log: Callable[[str], None] = print) -> Path:
+    """Train, save ``OUTPUT_DIR/models/harmonize_bids_model.safetensors`` + card + figure."""
+    import torch
+
+    from harmonize_bids.diffusion.checkpoint import save_model
+    from harmonize_bids.diffusion.model import HarmonizationModel, ModelConfig
+    from harmonize_bids.interfaces.harmonize import resolve_device
+    from harmonize_bids.training.data import PairedSlices, add_shifted_copies
+    from harmonize_bids.training.loop import TrainConfig, TrainLoop, load_state, save_state
+
+    torch.set_num_threads(max(1, options.num_threads))
+    torch.manual_seed(options.seed)
+    volumes, masks, used = load_training_volumes(records, output_dir, options.voxel_mm)
+    sites = tuple(sorted({next(iter(v)) for v in volumes.values()}))
+    config = ModelConfig(sites=sites, base_channels=options.base_channels,
+                         voxel_mm=options.voxel_mm)
+    log(f"Training on {len(used)} image(s) from {len(sites)} site(s): {', '.join(sites)}")
+    rng = np.random.default_rng(options.seed)
+    if options.shifted_copies:
+        log(f"Rendering {options.shifted_copies} protocol-shifted copies per image ...")
+        add_shifted_copies(volumes, masks, options.shifted_copies, rng,
+                           (config.voxel_mm,) * 3)
+    data = PairedSlices(volumes, list(sites), context_slices=config.context_slices,
+                        crop=(options.patch_size, options.patch_size))
+    device = resolve_device(options.device)
+    model = HarmonizationModel(config)
+    train_config = TrainConfig(steps=options.train_steps, batch_size=options.batch_size,
+                               lr=options.learning_rate, seed=options.seed,
+                               bf16=device == "cpu", log_every=50)
+    loop = TrainLoop(model, lambda r: data.sample(options.batch_size, r), train_config)
+    state = Path(work_dir) / "group_training" / "state.safetensors"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    if load_state(loop, state):
+        log(f"Resuming from step {loop.step} ({state})")
+    started = time.monotonic()
+    while loop.step < options.train_steps:
+        todo = min(options.checkpoint_every, options.train_steps - loop.step)
+        loop.run(todo)
+        save_state(loop, state)
+        recent = np.mean([h["diffusion"] for h in loop.history[-todo:]])
+        rate = (time.monotonic() - started) / max(1, len(loop.history))
+        log(f"step {loop.step}/{options.train_steps}: diffusion loss {recent:.4f} "
+            f"(~{rate * (options.train_steps - loop.step) / 60:.0f} min left)")
+    models = Path(output_dir) / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    out = models / "harmonize_bids_model.safetensors"
+    hist = loop.history
+    card = {
+        "name": "harmonize_bids group-level model",
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "harmonize_bids_version": __version__, "torch_version": torch.__version__,
+        "python": platform.python_version(), "device": device,
+        "training_data": {"images": used, "n_images": len(used),
+                          "shifted_copies_per_image": options.shifted_copies},
+        "training": {"steps": loop.step, "batch_size": options.batch_size,
+                     "patch_size": options.patch_size, "learning_rate": options.learning_rate,
+                     "seed": options.seed, "seconds": round(time.monotonic() - started, 1)},
+        "losses": {"first_50": float(np.mean([h["diffusion"] for h in hist[:50]])),
+                   "last_50": float(np.mean([h["diffusion"] for h in hist[-50:]]))},
+    }
+    save_model(loop.ema, out, card=card)
+    loss_figure(hist, models / "harmonize_bids_model_loss.png")
+    log(f"Model written to {out}")
+    return out
