@@ -131,10 +131,9 @@ def thread_environment(omp_nthreads: int) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def build_workflow(settings: Settings):
-    """Collect the inputs and build the nipype workflow; return (workflow, records)."""
+def collect_records(settings: Settings):
+    """Validate the input (unless skipped), select the T1w images, resolve their sites."""
     from harmonize_bids.utils import bids as bids_utils
-    from harmonize_bids.workflows.base import HarmonizeOptions, init_harmonize_bids_wf
 
     layout = bids_utils.load_layout(settings.bids_dir)
     if not settings.skip_bids_validation:
@@ -147,6 +146,14 @@ def build_workflow(settings: Settings):
                                        settings.site_from_session)
     LOGGER.info("Selected %d T1w image(s) from %d participant(s). Sites:\n%s", len(records),
                 len({r.subject for r in records}), bids_utils.format_site_table(records))
+    return records
+
+
+def build_workflow(settings: Settings):
+    """Collect the inputs and build the nipype workflow; return (workflow, records)."""
+    from harmonize_bids.workflows.base import HarmonizeOptions, init_harmonize_bids_wf
+
+    records = collect_records(settings)
     harmonize = None
     if settings.target_site is not None:
         model_file = resolve_model(settings.model)
@@ -234,18 +241,8 @@ def run(settings: Settings) -> int:
 def _run_group(settings: Settings) -> int:
     """Train a model on the participants' preprocessed brains (sites from the site table)."""
     from harmonize_bids.training.group import GroupOptions, train_group_model
-    from harmonize_bids.utils import bids as bids_utils
 
-    layout = bids_utils.load_layout(settings.bids_dir)
-    if not settings.skip_bids_validation:
-        LOGGER.info("Validating %s with bids-validator-deno ...", settings.bids_dir)
-        bids_utils.validate_dataset(settings.bids_dir, settings.participant_label,
-                                    settings.work_dir / "bids_validation")
-    files = bids_utils.collect_t1w(layout, settings.participant_label, settings.session_label,
-                                   settings.bids_filters)
-    records = bids_utils.resolve_sites(layout, files, settings.site_column,
-                                       settings.site_from_session)
-    LOGGER.info("Site table:\n%s", bids_utils.format_site_table(records))
+    records = collect_records(settings)
     settings.to_filename(settings.work_dir / "config_group.toml")
     options = GroupOptions(
         train_steps=settings.train_steps, batch_size=settings.batch_size,
