@@ -122,7 +122,8 @@ class Harmonize(SimpleInterface):
             self.inputs.target_site, out, steps=self.inputs.steps,
             strength=self.inputs.strength, seed=self.inputs.random_seed,
             device=self.inputs.device, mem_mb=self.inputs.mem_mb or None,
-            num_threads=self.inputs.num_threads, log=lambda m: None)
+            num_threads=self.inputs.num_threads,
+            log=lambda m: print(f"[harmonize_bids] {m}", flush=True))
         self._results["out_file"] = str(out)
         self._results["metadata"] = meta
         return runtime
