@@ -65,10 +65,9 @@ class Settings:
 
     def to_filename(self, path: Path) -> Path:
         """Write the settings as TOML; return the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(tomli_w.dumps({"harmonize_bids": self.to_dict()}))
-        return path
+        from harmonize_bids.utils.io import atomic_write_text
+
+        return atomic_write_text(tomli_w.dumps({"harmonize_bids": self.to_dict()}), Path(path))
 
     @classmethod
     def from_filename(cls, path: Path) -> "Settings":

@@ -30,7 +30,7 @@ class ConditionEncoder(nn.Module):
                 ) -> torch.Tensor:
         c = torch.tanh(self.net(source))
         if self.training and self.bottleneck_noise > 0:
-            noise = torch.randn(c.shape, generator=generator, device=c.device, dtype=c.dtype)
+            noise = torch.randn(c.shape, generator=generator, dtype=c.dtype).to(c.device)
             c = c + self.bottleneck_noise * noise
         return c
 

@@ -64,6 +64,21 @@ def load_training_volumes(records: list[T1wRecord], output_dir: Path, voxel_mm: 
     return volumes, masks, used
 
 
+def init_distributed(device: str) -> None:
+    """Join the torchrun process group when launched by torchrun."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+
+
 def loss_figure(history: list[dict], path: Path) -> Path:
     """Loss curve (diffusion and total, moving average) as a PNG."""
     import matplotlib
@@ -89,9 +104,15 @@ def loss_figure(history: list[dict], path: Path) -> Path:
 
 def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path,
                       options: GroupOptions, log: Callable[[str], None] = print) -> Path:
-    """Train, save ``OUTPUT_DIR/models/harmonize_bids_model.safetensors`` + card + figure."""
+    """Train, save ``OUTPUT_DIR/models/harmonize_bids_model.safetensors`` + card + figure.
+
+    Launched by ``torchrun`` (``WORLD_SIZE`` > 1), every process trains on its own
+    batches with gradients averaged across processes (gloo on CPU, NCCL on GPUs);
+    process 0 writes the checkpoints and the model.
+    """
     import torch
 
+    init_distributed(options.device)
     from harmonize_bids.diffusion.checkpoint import save_model
     from harmonize_bids.diffusion.model import HarmonizationModel, ModelConfig
     from harmonize_bids.interfaces.harmonize import resolve_device
@@ -117,7 +138,10 @@ def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path
     train_config = TrainConfig(steps=options.train_steps, batch_size=options.batch_size,
                                lr=options.learning_rate, seed=options.seed,
                                bf16=device == "cpu", log_every=50)
-    loop = TrainLoop(model, lambda r: data.sample(options.batch_size, r), train_config)
+    loop = TrainLoop(model, lambda r: data.sample(options.batch_size, r), train_config,
+                     device=device)
+    if loop.world_size > 1:
+        log(f"Data-parallel training: process {loop.rank} of {loop.world_size}")
     state = Path(work_dir) / "group_training" / "state.safetensors"
     state.parent.mkdir(parents=True, exist_ok=True)
     if load_state(loop, state):
@@ -126,11 +150,14 @@ def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path
     while loop.step < options.train_steps:
         todo = min(options.checkpoint_every, options.train_steps - loop.step)
         loop.run(todo)
-        save_state(loop, state)
+        if loop.rank == 0:
+            save_state(loop, state)
         recent = np.mean([h["diffusion"] for h in loop.history[-todo:]])
         rate = (time.monotonic() - started) / max(1, len(loop.history))
         log(f"step {loop.step}/{options.train_steps}: diffusion loss {recent:.4f} "
             f"(~{rate * (options.train_steps - loop.step) / 60:.0f} min left)")
+    if loop.rank != 0:
+        return Path(output_dir) / "models" / "harmonize_bids_model.safetensors"
     models = Path(output_dir) / "models"
     models.mkdir(parents=True, exist_ok=True)
     out = models / "harmonize_bids_model.safetensors"

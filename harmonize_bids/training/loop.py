@@ -73,12 +73,33 @@ def training_losses(model: HarmonizationModel, schedule: NoiseSchedule, batch: B
     return losses
 
 
+def distributed_rank_and_size() -> tuple[int, int]:
+    """(rank, world size) when running under torchrun with a process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def average_gradients(model: torch.nn.Module, world_size: int) -> None:
+    """All-reduce and average gradients across processes (data parallelism)."""
+    import torch.distributed as dist
+
+    for p in model.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad /= world_size
+
+
 class TrainLoop:
     """Optimizer, EMA weights and step counter around a model and a batch source."""
 
     def __init__(self, model: HarmonizationModel, sample_batch: Callable[[np.random.Generator], Batch],
-                 config: TrainConfig):
-        self.model = model
+                 config: TrainConfig, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
         self.sample_batch = sample_batch
         self.config = config
         self.schedule = model.schedule()
@@ -89,18 +110,24 @@ class TrainLoop:
         for p in self.ema.parameters():
             p.requires_grad_(False)
         self.step = 0
-        self.rng = np.random.default_rng(config.seed)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        # under torchrun every process draws its own batches; gradients are averaged
+        self.rank, self.world_size = distributed_rank_and_size()
+        self.rng = np.random.default_rng([config.seed, self.rank])
+        self.generator = torch.Generator().manual_seed(config.seed + 1000003 * self.rank)
         self.history: list[dict[str, float]] = []
 
     def forward_backward(self, batch: Batch) -> dict[str, float]:
         t, _ = self.timesteps.sample(batch.target.shape[0], self.generator)
-        noise = torch.randn(batch.target.shape, generator=self.generator)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
-            losses = training_losses(self.model, self.schedule, batch, t, noise, self.config,
-                                     self.generator)
+        noise = torch.randn(batch.target.shape, generator=self.generator).to(self.device)
+        batch = Batch(*(x.to(self.device) for x in (batch.source, batch.source_alt, batch.target,
+                                                     batch.target_site, batch.source_site)))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+            losses = training_losses(self.model, self.schedule, batch, t.to(self.device), noise,
+                                     self.config, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
+        if self.world_size > 1:
+            average_gradients(self.model, self.world_size)
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in losses.items()}
