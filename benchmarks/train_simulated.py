@@ -65,9 +65,18 @@ def to_native(volume_ras: np.ndarray, like: Path) -> np.ndarray:
     return nb.orientations.apply_orientation(volume_ras, ornt)
 
 
+def merge_results(a: dict | None, b: dict) -> dict:
+    """Combine evaluate() results of several target sites."""
+    if a is None:
+        return b
+    for key in ("pairs", "n", "ceiling", "site_predictability", "chance"):
+        a[key].update(b[key])
+    return a
+
+
 def main() -> None:
     from harmonize_bids.derivatives import init_derivatives, save_derivative
-    from harmonize_bids.diffusion.checkpoint import save_model
+    from harmonize_bids.diffusion.checkpoint import load_model, save_model
     from harmonize_bids.diffusion.model import HarmonizationModel, ModelConfig
     from harmonize_bids.diffusion.volume import harmonize_volume
     from harmonize_bids.evaluation import evaluate, format_table, read_simulated_dataset
@@ -85,10 +94,17 @@ def main() -> None:
     parser.add_argument("--n-random", type=int, default=4)
     parser.add_argument("--steps", type=int, nargs="+", default=[10])
     parser.add_argument("--base-channels", type=int, default=24)
+    parser.add_argument("--model", type=Path, default=None,
+                        help="skip training: evaluate this model file instead")
+    parser.add_argument("--strength", type=float, default=1.0,
+                        help="sampler start: 1 = pure noise, < 1 = noised source")
+    parser.add_argument("--eval-targets", nargs="+", default=TARGETS,
+                        help="target sites to harmonize the held-out images to")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/hb_train"))
     parser.add_argument("--results", type=Path,
                         default=Path(__file__).parent / "results" / "train_simulated.md")
     args = parser.parse_args()
+    model_arg = args.model
     torch.set_num_threads(args.threads)
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -112,24 +128,30 @@ def main() -> None:
                                rescan=True, progress=log)
     t_sim = time.monotonic() - t0
 
-    volumes, _ = ras_volumes(train_ds)
-    data = PairedSlices(volumes, TARGETS, context_slices=1, crop=(64, 64))
-    config = ModelConfig(sites=tuple(TARGETS), base_channels=args.base_channels)
-    model = HarmonizationModel(config)
-    loop = TrainLoop(model, lambda r: data.sample(12, r),
-                     TrainConfig(lr=2e-4, bf16=True, log_every=200, seed=0))
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < args.minutes * 60:
-        loop.run(50, log=log)
-    t_train = time.monotonic() - t0
-    hist = loop.history
-    first = np.mean([h["diffusion"] for h in hist[:200]])
-    last = np.mean([h["diffusion"] for h in hist[-200:]])
-    model_path = save_model(loop.ema, out / "model.safetensors", card={
-        "training": {"steps": loop.step, "minutes": t_train / 60, "data": "simulated",
-                     "anatomies": train_names, "random_protocols": len(randoms)},
-        "losses": {"first200_diffusion": first, "last200_diffusion": last}})
-    log(f"trained {loop.step} steps in {t_train / 60:.1f} min; loss {first:.4f} -> {last:.4f}")
+    if args.model is None:
+        volumes, _ = ras_volumes(train_ds)
+        data = PairedSlices(volumes, TARGETS, context_slices=1, crop=(64, 64))
+        config = ModelConfig(sites=tuple(TARGETS), base_channels=args.base_channels)
+        loop = TrainLoop(HarmonizationModel(config), lambda r: data.sample(12, r),
+                         TrainConfig(lr=2e-4, bf16=True, log_every=200, seed=0))
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < args.minutes * 60:
+            loop.run(50, log=log)
+        t_train = time.monotonic() - t0
+        hist = loop.history
+        first = float(np.mean([h["diffusion"] for h in hist[:200]]))
+        last = float(np.mean([h["diffusion"] for h in hist[-200:]]))
+        save_model(loop.ema, out / "model.safetensors", card={
+            "training": {"steps": loop.step, "minutes": t_train / 60, "data": "simulated",
+                         "anatomies": train_names, "random_protocols": len(randoms)},
+            "losses": {"first200_diffusion": first, "last200_diffusion": last}})
+        (out / "history.json").write_text(json.dumps(hist))
+        log(f"trained {loop.step} steps in {t_train / 60:.1f} min; loss {first:.4f} -> {last:.4f}")
+        args.model = out / "model.safetensors"
+    ema, card = load_model(args.model)
+    config = ema.config
+    steps_done, t_train = card["training"]["steps"], card["training"]["minutes"] * 60
+    first, last = card["losses"]["first200_diffusion"], card["losses"]["last200_diffusion"]
 
     # ---- harmonize the held-out set with the model and with histogram matching
     torch.set_num_threads(2)
@@ -138,34 +160,36 @@ def main() -> None:
     anats = sorted(test_vols)
     tables = []
     for steps in args.steps:
-        deriv = out / f"ours_s{steps}"
-        init_derivatives(deriv, test_ds)
+        merged = None
         t0 = time.monotonic()
         n_vol = 0
-        for img in images:
-            for target in TARGETS:
+        for target in args.eval_targets:
+            deriv = out / f"ours_s{steps}_{args.strength:g}_{target}"
+            init_derivatives(deriv, test_ds)
+            for img in images:
                 if target == img.site:
                     continue
-                vol = test_vols[img.anatomy][img.site]
-                res = harmonize_volume(loop.ema, vol, test_masks[img.anatomy],
-                                       config.site_index(target), steps=steps, seed=0)
+                res = harmonize_volume(ema, test_vols[img.anatomy][img.site],
+                                       test_masks[img.anatomy], config.site_index(target),
+                                       steps=steps, strength=args.strength, seed=0)
                 path = out / "tmp.nii.gz"
-                ref = nb.load(img.t1w)
-                nb.Nifti1Image(to_native(res, img.t1w), ref.affine).to_filename(path)
+                nb.Nifti1Image(to_native(res, img.t1w), nb.load(img.t1w).affine).to_filename(path)
                 save_derivative(deriv, {"subject": img.participant,
                                         "_relpath": f"sub-{img.participant}/anat/x"},
                                 "harmonized", path, extra_metadata={
                                     "TargetSite": target, "SourceSite": img.site,
                                     "Steps": steps})
                 n_vol += 1
+            merged = merge_results(merged, evaluate(test_ds, deriv))
         sec = (time.monotonic() - t0) / max(n_vol, 1)
         log(f"S={steps}: {sec:.1f} s per volume")
-        tables.append((f"ours (S={steps}, {sec:.0f} s/vol)", evaluate(test_ds, deriv)))
+        tables.append((f"ours (S={steps}, strength {args.strength:g}, {sec:.0f} s/vol)", merged))
 
-    deriv = out / "histmatch"
-    init_derivatives(deriv, test_ds)
-    for img in images:
-        for target in TARGETS:
+    merged = None
+    for target in args.eval_targets:
+        deriv = out / f"histmatch_{target}"
+        init_derivatives(deriv, test_ds)
+        for img in images:
             if target == img.site:
                 continue
             other = anats[(anats.index(img.anatomy) + 1) % len(anats)]  # another anatomy
@@ -180,22 +204,24 @@ def main() -> None:
             save_derivative(deriv, {"subject": img.participant,
                                     "_relpath": f"sub-{img.participant}/anat/x"},
                             "harmonized", path, extra_metadata={"TargetSite": target})
-    tables.append(("histogram matching", evaluate(test_ds, deriv)))
+        merged = merge_results(merged, evaluate(test_ds, deriv))
+    tables.append(("histogram matching", merged))
 
     base = evaluate(test_ds)
-    base["pairs"] = {k: v for k, v in base["pairs"].items() if k[1] in TARGETS}
+    base["pairs"] = {k: v for k, v in base["pairs"].items() if k[1] in args.eval_targets}
     tables.insert(0, ("no harmonization", base))
     lines = ["# Harmonization on held-out simulated anatomies", "",
              f"- command: `python benchmarks/train_simulated.py --minutes {args.minutes:g} "
              f"--threads {args.threads} --n-train {args.n_train} --n-test {args.n_test} "
              f"--n-random {args.n_random} --steps {' '.join(map(str, args.steps))} "
-             f"--base-channels {args.base_channels}`",
+             f"--base-channels {args.base_channels} --strength {args.strength:g} --eval-targets "
+             f"{' '.join(args.eval_targets)}" + (f" --model {model_arg}`" if model_arg else "`"),
              f"- date: {datetime.date.today()}; {platform.machine()}, {os.cpu_count()} CPUs, "
              f"torch {torch.__version__}; no GPU",
              f"- training: anatomies {train_names[0]}..{train_names[-1]} under {TARGETS} + "
-             f"{len(randoms)} random protocols; {loop.step} steps in {t_train / 60:.1f} min "
+             f"{len(randoms)} random protocols; {steps_done} steps in {t_train / 60:.1f} min "
              f"({args.threads} thread, bf16, batch 12, 64x64 crops); EMA weights; "
-             f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; diffusion "
+             f"{sum(p.numel() for p in ema.parameters()) / 1e6:.2f} M parameters; diffusion "
              f"loss {first:.4f} (first 200 steps) -> {last:.4f} (last 200); simulation "
              f"{t_sim:.0f} s",
              f"- test: held-out anatomies {test_names} under {TARGETS} and the unseen "
@@ -208,7 +234,6 @@ def main() -> None:
     print(text)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(text)
-    (out / "history.json").write_text(json.dumps(hist))
 
 
 if __name__ == "__main__":
