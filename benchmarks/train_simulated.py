@@ -65,6 +65,20 @@ def to_native(volume_ras: np.ndarray, like: Path) -> np.ndarray:
     return nb.orientations.apply_orientation(volume_ras, ornt)
 
 
+def save_harmonized(deriv: Path, img, data: np.ndarray, metadata: dict) -> Path:
+    """Write one harmonized volume (on ``img``'s grid) as a derivative of ``img``."""
+    from harmonize_bids.derivatives import save_derivative
+
+    tmp = deriv / ".tmp_harmonized.nii.gz"
+    nb.Nifti1Image(data, nb.load(img.t1w).affine).to_filename(tmp)
+    try:
+        return save_derivative(deriv, {"subject": img.participant,
+                                       "_relpath": f"sub-{img.participant}/anat/x"},
+                               "harmonized", tmp, extra_metadata=metadata)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def merge_results(a: dict | None, b: dict) -> dict:
     """Combine evaluate() results of several target sites."""
     if a is None:
@@ -75,7 +89,7 @@ def merge_results(a: dict | None, b: dict) -> dict:
 
 
 def main() -> None:
-    from harmonize_bids.derivatives import init_derivatives, save_derivative
+    from harmonize_bids.derivatives import init_derivatives
     from harmonize_bids.diffusion.checkpoint import load_model, save_model
     from harmonize_bids.diffusion.model import HarmonizationModel, ModelConfig
     from harmonize_bids.diffusion.volume import harmonize_volume
@@ -172,13 +186,8 @@ def main() -> None:
                 res = harmonize_volume(ema, test_vols[img.anatomy][img.site],
                                        test_masks[img.anatomy], config.site_index(target),
                                        steps=steps, strength=args.strength, seed=0)
-                path = out / "tmp.nii.gz"
-                nb.Nifti1Image(to_native(res, img.t1w), nb.load(img.t1w).affine).to_filename(path)
-                save_derivative(deriv, {"subject": img.participant,
-                                        "_relpath": f"sub-{img.participant}/anat/x"},
-                                "harmonized", path, extra_metadata={
-                                    "TargetSite": target, "SourceSite": img.site,
-                                    "Steps": steps})
+                save_harmonized(deriv, img, to_native(res, img.t1w), {
+                    "TargetSite": target, "SourceSite": img.site, "Steps": steps})
                 n_vol += 1
             merged = merge_results(merged, evaluate(test_ds, deriv))
         sec = (time.monotonic() - t0) / max(n_vol, 1)
@@ -198,12 +207,8 @@ def main() -> None:
             mask = np.asarray(nb.load(img.brain_mask).dataobj) > 0
             ref = np.asarray(nb.load(ref_img.t1w).dataobj, np.float32)
             rmask = np.asarray(nb.load(ref_img.brain_mask).dataobj) > 0
-            path = out / "tmp.nii.gz"
-            nb.Nifti1Image(histogram_match(src, mask, ref, rmask),
-                           nb.load(img.t1w).affine).to_filename(path)
-            save_derivative(deriv, {"subject": img.participant,
-                                    "_relpath": f"sub-{img.participant}/anat/x"},
-                            "harmonized", path, extra_metadata={"TargetSite": target})
+            save_harmonized(deriv, img, histogram_match(src, mask, ref, rmask),
+                            {"TargetSite": target, "SourceSite": img.site})
         merged = merge_results(merged, evaluate(test_ds, deriv))
     tables.append(("histogram matching", merged))
 
