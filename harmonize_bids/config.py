@@ -35,6 +35,8 @@ class Settings:
     nprocs: int = 1
     omp_nthreads: int = 1
     mem_mb: int | None = None
+    plugin: str = "MultiProc"
+    plugin_args: dict[str, Any] = field(default_factory=dict)
     random_seed: int = 0
     target_site: str | None = None
     model: Path | None = None

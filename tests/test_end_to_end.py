@@ -161,3 +161,17 @@ def test_nothing_is_left_in_the_system_temp_dir(synthetic_bids, tmp_path, monkey
                  "--skip-bids-validation"])
     assert code == 0
     assert list(scratch.iterdir()) == []
+
+
+def test_use_plugin_linear_runs_every_step_in_process(synthetic_bids, tmp_path):
+    """A nipype plugin other than MultiProc, chosen by --use-plugin, runs the workflow."""
+    plugin = tmp_path / "plugin.yml"
+    plugin.write_text("plugin: Linear\nplugin_args: {}\n")
+    out = tmp_path / "out"
+    code = main([str(synthetic_bids), str(out), "participant", "--sloppy",
+                 "--participant-label", "01", "-w", str(tmp_path / "work"),
+                 "--omp-nthreads", "1", "--use-plugin", str(plugin),
+                 "--skip-bids-validation"])
+    assert code == 0
+    assert list(out.glob("sub-01/anat/*desc-preproc_T1w.nii.gz"))
+    assert not list(out.glob("sub-02"))

@@ -117,3 +117,22 @@ def test_bad_filter_file_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError):
         parse_args([str(tmp_path / "bids"), str(tmp_path / "out"), "participant",
                     "--bids-filter-file", str(bad)])
+
+
+def test_use_plugin_file_is_read_and_checked(tmp_path):
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    good = tmp_path / "slurm.yml"
+    good.write_text("plugin: SLURMGraph\nplugin_args:\n  sbatch_args: --time=60\n")
+    s = parse_args([str(bids), str(tmp_path / "out"), "participant", "--use-plugin", str(good)])
+    assert s.plugin == "SLURMGraph" and s.plugin_args == {"sbatch_args": "--time=60"}
+    assert parse_args([str(bids), str(tmp_path / "o"), "participant"]).plugin == "MultiProc"
+    for text in ("plugin: Torque\n", "plugin_args: {}\n", "plugin: [unclosed\n",
+                 "plugin: Linear\nplugin_args: 3\n", "plugin: Linear\nextra: 1\n"):
+        bad = tmp_path / "bad.yml"
+        bad.write_text(text)
+        with pytest.raises(UsageError):
+            parse_args([str(bids), str(tmp_path / "out"), "participant", "--use-plugin", str(bad)])
+    with pytest.raises(UsageError):
+        parse_args([str(bids), str(tmp_path / "out"), "participant",
+                    "--use-plugin", str(tmp_path / "missing.yml")])

@@ -115,6 +115,10 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="threads per ANTs or model step (default: --nprocs)")
     perf.add_argument("--mem-mb", "--mem_mb", type=_positive_int, default=None, metavar="MB",
                       help="upper bound of memory to use, in MB (default: no bound)")
+    perf.add_argument("--use-plugin", "--use_plugin", type=Path, default=None, metavar="FILE",
+                      help="YAML file naming a nipype execution plugin and its arguments "
+                           "('plugin: SLURMGraph' + 'plugin_args: {...}') to run the steps "
+                           "on a cluster scheduler; default: MultiProc on this machine")
     perf.add_argument("--random-seed", type=int, default=0,
                       help="seed of every random step (ANTs sampling, model noise)")
     perf.add_argument("--sloppy", action="store_true",
@@ -167,6 +171,11 @@ def _check(opts: argparse.Namespace) -> Settings:
     if opts.mem_mb is not None and opts.mem_mb < 512:
         raise UsageError(f"--mem-mb {opts.mem_mb} is too small (at least 512).")
     omp = opts.omp_nthreads or opts.nprocs
+    plugin, plugin_args = "MultiProc", {}
+    if opts.use_plugin is not None:
+        from harmonize_bids.utils.plugins import load_plugin_file
+
+        plugin, plugin_args = load_plugin_file(opts.use_plugin)
     return Settings(
         bids_dir=bids_dir,
         output_dir=output_dir,
@@ -181,6 +190,8 @@ def _check(opts: argparse.Namespace) -> Settings:
         nprocs=opts.nprocs,
         omp_nthreads=min(omp, opts.nprocs),
         mem_mb=opts.mem_mb,
+        plugin=plugin,
+        plugin_args=plugin_args,
         random_seed=opts.random_seed,
         target_site=opts.target_site,
         model=opts.model.absolute() if opts.model else None,

@@ -183,6 +183,7 @@ def build_workflow(settings: Settings):
 
 def _run_participant(settings: Settings) -> int:
     from harmonize_bids.derivatives import OUTPUTS, derivative_path, init_derivatives
+    from harmonize_bids.utils.plugins import plugin_settings
     from harmonize_bids.workflows.base import workflow_name
     from harmonize_bids.workflows.outputs import ANAT_OUTPUTS
 
@@ -192,17 +193,17 @@ def _run_participant(settings: Settings) -> int:
     LOGGER.info("Settings written to %s", config_file)
 
     reporter = ProgressReporter({workflow_name(r): r.label for r in records}, settings.verbose)
-    # "spawn": fresh worker processes. Forking a process that already ran PyTorch
-    # (OpenMP thread pools) can deadlock the children; spawned workers also read the
-    # thread environment set just below.
-    plugin_args = {"n_procs": settings.nprocs, "raise_insufficient": False,
-                   "status_callback": reporter, "mp_context": "spawn"}
-    if settings.mem_mb:
-        plugin_args["memory_gb"] = settings.mem_mb / 1024
+    # MultiProc workers are spawned (see utils/plugins.py); spawned workers also read
+    # the thread environment set just below.
+    plugin, plugin_args = plugin_settings(settings.plugin, settings.plugin_args,
+                                          nprocs=settings.nprocs, mem_mb=settings.mem_mb,
+                                          status_callback=reporter)
+    if plugin != "MultiProc":
+        LOGGER.info("Running the steps with nipype's %s plugin", plugin)
     started = time.monotonic()
     try:
         with thread_environment(settings.omp_nthreads):
-            workflow.run(plugin="MultiProc", plugin_args=plugin_args)
+            workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as err:  # nipype: "Workflow did not execute cleanly"
         LOGGER.debug("nipype: %s", err)
     elapsed = time.monotonic() - started
