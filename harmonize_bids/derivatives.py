@@ -129,6 +129,17 @@ def derivative_path(output_dir: Path, source_entities: dict[str, Any], kind: str
     return path
 
 
+def report_path(output_dir: Path, subject: str) -> Path:
+    """The participant's HTML report, ``OUTPUT_DIR/sub-<subject>.html`` (as fMRIPrep).
+
+    >>> report_path(Path("/out"), "01").as_posix()
+    '/out/sub-01.html'
+    """
+    if not re.fullmatch(r"[A-Za-z0-9]+", str(subject)):
+        raise OutputError(f"Refusing a subject label that is not a BIDS label: {subject!r}")
+    return Path(output_dir).absolute() / f"sub-{subject}.html"
+
+
 def sidecar_path(path: Path) -> Path:
     """The JSON sidecar beside a derivative file."""
     name = path.name

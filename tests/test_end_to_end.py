@@ -175,3 +175,11 @@ def test_use_plugin_linear_runs_every_step_in_process(synthetic_bids, tmp_path):
     assert code == 0
     assert list(out.glob("sub-01/anat/*desc-preproc_T1w.nii.gz"))
     assert not list(out.glob("sub-02"))
+
+
+def test_one_html_report_per_participant(sloppy_run):
+    reports = sorted(p.name for p in sloppy_run["out"].glob("*.html"))
+    assert reports == ["sub-01.html", "sub-02.html", "sub-03.html"]
+    page = (sloppy_run["out"] / "sub-01.html").read_text()
+    assert page.count("data:image/png;base64,") == 2  # mask + registration (no harmonization)
+    assert "Brain mask" in page and "siteA" in page

@@ -37,6 +37,12 @@ def _strength(value: str) -> float:
     return number
 
 
+def version_text() -> str:
+    """``harmonize_bids X.Y`` plus the container build (flavour, commit, date) if any."""
+    build = os.environ.get("HARMONIZE_BIDS_BUILD")
+    return f"harmonize_bids {__version__}" + (f" ({build})" if build else "")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="harmonize_bids",
@@ -55,7 +61,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("analysis_level", choices=["participant", "group"],
                         help="'participant': preprocess (and harmonize) each T1w; "
                              "'group': train a model on the preprocessed participants")
-    parser.add_argument("--version", action="version", version=f"harmonize_bids {__version__}")
+    parser.add_argument("--version", action="version", version=version_text())
 
     sel = parser.add_argument_group("Selecting data")
     sel.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",

@@ -219,6 +219,7 @@ def _run_participant(settings: Settings) -> int:
         n_failed += failed
         why = ",".join(reporter.failed.get(rec.label, [])) or (f"missing {missing[0]}" if missing else "")
         rows.append(f"  {rec.label:<40} {rec.site:<20} {'FAILED ' + why if failed else 'ok'}")
+    write_reports(settings.output_dir, records)
     LOGGER.info("Summary (%.0f s):\n%s", elapsed, "\n".join(rows))
     if n_failed:
         LOGGER.error("%d of %d image(s) failed; crash reports in %s", n_failed, len(records),
@@ -226,6 +227,22 @@ def _run_participant(settings: Settings) -> int:
         return 1
     LOGGER.info("Outputs in %s", settings.output_dir)
     return 0
+
+
+def write_reports(output_dir: Path, records) -> None:
+    """One HTML report per participant; a failing report is logged, never fatal."""
+    from harmonize_bids.reports import write_report
+    from harmonize_bids.templates import get_template
+
+    by_subject: dict[str, list] = {}
+    for rec in records:
+        by_subject.setdefault(rec.subject, []).append(rec)
+    for subject, recs in by_subject.items():
+        try:
+            path = write_report(output_dir, subject, recs, get_template("mni_brain"))
+            LOGGER.debug("Report: %s", path)
+        except Exception as err:  # noqa: BLE001 - a figure must never fail the run
+            LOGGER.warning("Could not write the report of sub-%s: %s", subject, err)
 
 
 def run(settings: Settings) -> int:

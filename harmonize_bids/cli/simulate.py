@@ -16,7 +16,10 @@ def _build_parser() -> argparse.ArgumentParser:
                     "every scanner protocol and write a BIDS dataset with the ground truth "
                     "(brain masks, CSF/GM/WM maps) in derivatives/simulation-truth.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("labels_dir", type=Path, nargs="?", help="folder of label maps")
+    parser.add_argument("labels_dir", type=Path, nargs="?",
+                        help="folder of label maps, or one label map file; with only one "
+                             "positional argument: the shipped demo anatomy (a SynthSeg label "
+                             "atlas in MNI space)")
     parser.add_argument("out_dir", type=Path, nargs="?", help="new BIDS dataset folder")
     parser.add_argument("--protocols", default=",".join(list(PROTOCOLS)[:3]),
                         help="comma-separated protocol names (see --list-protocols)")
@@ -47,16 +50,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{p.name:<18} {p.sequence:<7} {p.field_strength:>4g}T {p.tr:>6g} "
                   f"{p.ti:>6g} {p.te:>5g} {p.flip_deg:>4g} {vox:<16} {p.snr:>4g}  {p.description}")
         return 0
-    if opts.labels_dir is None or opts.out_dir is None:
-        parser.error("LABELS_DIR and OUT_DIR are required (or use --list-protocols)")
+    if opts.labels_dir is None:
+        parser.error("OUT_DIR is required (or use --list-protocols)")
+    if opts.out_dir is None:  # one positional argument: the output; the demo anatomy
+        from harmonize_bids.templates import get_template
+
+        opts.out_dir, opts.labels_dir = opts.labels_dir, get_template("demo_anatomy")
     try:
         protocols = [get_protocol(n.strip()) for n in opts.protocols.split(",") if n.strip()]
         protocols += [Protocol.from_file(f) for f in opts.protocol_file]
     except (KeyError, ValueError, OSError) as err:
         print(f"harmonize_bids-simulate: error: {err}", file=sys.stderr)
         return 64
-    if not opts.labels_dir.is_dir():
-        print(f"harmonize_bids-simulate: error: no such folder {opts.labels_dir}", file=sys.stderr)
+    if not opts.labels_dir.exists():
+        print(f"harmonize_bids-simulate: error: no such file or folder {opts.labels_dir}",
+              file=sys.stderr)
         return 66
     start = time.monotonic()
     try:

@@ -73,12 +73,14 @@ def make_traveling_dataset(
 ) -> Path:
     """Write the dataset (see module docstring) into ``out_dir``, atomically.
 
+    ``labels_dir`` is a folder of label maps or a single label map file.
+
     Everything is written to a temporary folder beside ``out_dir`` and renamed
     at the end, so an interrupted run leaves no half-written dataset.
     """
     labels_dir, out_dir = Path(labels_dir), Path(out_dir)
-    label_files = sorted(p for p in labels_dir.iterdir()
-                         if p.name.endswith((".nii", ".nii.gz")))
+    label_files = [labels_dir] if labels_dir.is_file() else sorted(
+        p for p in labels_dir.iterdir() if p.name.endswith((".nii", ".nii.gz")))
     if not label_files:
         raise FileNotFoundError(f"no label maps (*.nii, *.nii.gz) in {labels_dir}")
     if out_dir.exists() and any(out_dir.iterdir()):

@@ -1,0 +1,245 @@
+#!/usr/bin/env python
+"""Train the bundled default model (``harmonize_bids/data/models/``) on ../shared/data.
+
+One command, resumable stage by stage (every stage skips when its output exists)::
+
+    python scripts/train_default_model.py --minutes 60 --work /tmp/hb_default
+
+Stages
+1. **Real site ``ixi-hh``**: the first ``--n-ixi`` IXI Hammersmith heads (sorted by
+   participant id, plus ``--n-ixi-test`` more kept for the benchmark) become a BIDS
+   dataset of symlinks and go through the participant level (N4, brain extraction,
+   MNI registration), exactly as users' data would.  Their template-space brains are
+   the *targets* for ``ixi-hh``; randomly protocol-shifted copies of each
+   (:func:`~harmonize_bids.training.data.add_shifted_copies`) are the *sources*.
+2. **Simulated sites**: SynthSeg label maps ``training_seg_01..--n-labels`` (the rest
+   are held out for the benchmark) plus deformed/flipped variants of them, rendered
+   under the protocols ``siemens3tmprage``, ``ge15tspgr`` and ``philips3ttfe`` (sites of
+   the model, named after the simulator's protocols so
+   ``harmonize_bids-simulate --protocols SITE`` renders their ground truth) and under
+   ``--n-random`` random protocols (sources only: domain randomization).
+3. **Training** for ``--minutes`` (CPU, ``--threads``; bf16 autocast), EMA weights,
+   then the model and its card are written into the package.
+
+IXI is CC BY-SA 3.0: the card acknowledges it, and so must anyone redistributing it.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+MODEL_SITES = ("ge15tspgr", "ixi-hh", "philips3ttfe", "siemens3tmprage")
+SIM_TARGETS = ["siemens3tmprage", "ge15tspgr", "philips3ttfe"]
+IXI_SITE = "ixi-hh"
+
+
+def log(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+
+def ixi_subjects(ixi_dir: Path) -> list[tuple[str, str]]:
+    """(participant label, file name) of the IXI heads, sorted by participant id."""
+    rows = (ixi_dir / "participants.tsv").read_text().splitlines()[1:]
+    return sorted((r.split("\t")[0][4:], r.split("\t")[1]) for r in rows if r.strip())
+
+
+def make_ixi_bids(ixi_dir: Path, subjects: list[tuple[str, str]], dest: Path) -> Path:
+    """A minimal BIDS dataset of symlinks to the IXI heads, site ``ixi-hh``."""
+    from harmonize_bids.utils.io import atomic_write_json, atomic_write_text
+
+    for label, fname in subjects:
+        anat = dest / f"sub-{label}" / "anat"
+        anat.mkdir(parents=True, exist_ok=True)
+        link = anat / f"sub-{label}_T1w.nii.gz"
+        if not link.exists():
+            link.symlink_to((ixi_dir / fname).resolve())
+    atomic_write_json({"Name": "IXI Hammersmith (2 mm) subset", "BIDSVersion": "1.10.0",
+                       "License": "CC BY-SA 3.0",
+                       "Acknowledgements": "IXI dataset, brain-development.org"},
+                      dest / "dataset_description.json")
+    atomic_write_text("participant_id\tsite\n" + "".join(f"sub-{s}\t{IXI_SITE}\n"
+                                                         for s, _ in subjects),
+                      dest / "participants.tsv")
+    return dest
+
+
+def preprocess_ixi(bids_dir: Path, out: Path, work: Path, nprocs: int) -> None:
+    """The participant level (no harmonization) on the IXI subset, as a user would run it."""
+    cmd = [sys.executable, "-m", "harmonize_bids.cli.run", str(bids_dir), str(out),
+           "participant", "-w", str(work), "--nprocs", str(nprocs), "--omp-nthreads", "1",
+           "--skip-bids-validation"]
+    log("$ " + " ".join(cmd))
+    subprocess.run(cmd, check=True)
+
+
+def ixi_volumes(bids_dir: Path, out: Path, labels: list[str], voxel_mm: float):
+    """Template-space brains of the preprocessed IXI participants."""
+    from harmonize_bids.training.group import load_training_volumes
+    from harmonize_bids.utils.bids import T1wRecord
+
+    records = [T1wRecord(path=bids_dir / f"sub-{s}/anat/sub-{s}_T1w.nii.gz",
+                         entities={"subject": s, "datatype": "anat", "suffix": "T1w",
+                                   "extension": ".nii.gz"},
+                         site=IXI_SITE, site_source="participants.tsv") for s in labels]
+    return load_training_volumes(records, out, voxel_mm)
+
+
+def simulated_volumes(sim_dir: Path):
+    """{anatomy: {site: RAS normalized brain}} and RAS masks of a simulated dataset."""
+    from harmonize_bids.evaluation import read_simulated_dataset
+    from harmonize_bids.training.data import normalize_brain
+
+    vols, masks = {}, {}
+    for img in read_simulated_dataset(sim_dir):
+        t1 = nb.as_closest_canonical(nb.load(img.t1w))
+        mask = np.asarray(nb.as_closest_canonical(nb.load(img.brain_mask)).dataobj) > 0
+        vols.setdefault(img.anatomy, {})[img.site] = normalize_brain(
+            np.asarray(t1.dataobj, np.float32), mask)
+        masks[img.anatomy] = mask
+    return vols, masks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/hb_default"))
+    parser.add_argument("--minutes", type=float, default=60, help="training time budget")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    parser.add_argument("--nprocs", type=int, default=2, help="processes for preprocessing")
+    parser.add_argument("--n-ixi", type=int, default=30, help="IXI heads used for training")
+    parser.add_argument("--n-ixi-test", type=int, default=4,
+                        help="further IXI heads preprocessed for the benchmark (not trained on)")
+    parser.add_argument("--n-labels", type=int, default=12,
+                        help="label maps used for training (01..N); the rest are held out")
+    parser.add_argument("--n-anatomies", type=int, default=24,
+                        help="simulated anatomies: the label maps, then deformed variants")
+    parser.add_argument("--n-random", type=int, default=5, help="random source protocols")
+    parser.add_argument("--shifted-copies", type=int, default=5,
+                        help="protocol-shifted copies of each IXI brain (sources)")
+    parser.add_argument("--base-channels", type=int, default=24)
+    parser.add_argument("--batch-size", type=int, default=12)
+    parser.add_argument("--output", type=Path,
+                        default=REPO / "harmonize_bids" / "data" / "models" /
+                        "harmonize_bids_default.safetensors")
+    args = parser.parse_args()
+    work = args.work.absolute()
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+
+    # 1. real site
+    ixi_dir = SHARED / "ixi-hh-t1w-2mm"
+    subjects = ixi_subjects(ixi_dir)[:args.n_ixi + args.n_ixi_test]
+    ixi_bids, ixi_out = work / "ixi_bids", work / "ixi_derivatives"
+    make_ixi_bids(ixi_dir, subjects, ixi_bids)
+    if not (work / "ixi_done").exists():
+        preprocess_ixi(ixi_bids, ixi_out, work / "ixi_work", args.nprocs)
+        (work / "ixi_done").write_text("ok\n")
+    t_ixi = time.monotonic() - t_start
+
+    # 2. simulated sites
+    from harmonize_bids.simulate.dataset import make_traveling_dataset
+    from harmonize_bids.simulate.protocols import PROTOCOLS, random_protocol
+
+    sim_dir = work / "simulated"
+    labels = sorted(p for p in (SHARED / "synthseg-labels").glob("training_seg_*.nii.gz"))
+    train_labels = labels[:args.n_labels]
+    rng = np.random.default_rng(2024)
+    randoms = [random_protocol(rng, f"random{i}") for i in range(args.n_random)]
+    if not sim_dir.exists():
+        label_dir = work / "labels_train"
+        label_dir.mkdir(exist_ok=True)
+        for p in train_labels:
+            if not (label_dir / p.name).exists():
+                (label_dir / p.name).symlink_to(p)
+        make_traveling_dataset(label_dir, sim_dir, [PROTOCOLS[n] for n in SIM_TARGETS] + randoms,
+                               n_anatomies=args.n_anatomies, resolution_mm=2.0, seed=11,
+                               progress=log)
+    t_sim = time.monotonic() - t_start - t_ixi
+
+    # 3. training
+    import torch
+
+    from harmonize_bids import __version__
+    from harmonize_bids.diffusion.checkpoint import save_model
+    from harmonize_bids.diffusion.model import HarmonizationModel, ModelConfig
+    from harmonize_bids.training.data import PairedSlices, add_shifted_copies
+    from harmonize_bids.training.loop import TrainConfig, TrainLoop, load_state, save_state
+
+    torch.set_num_threads(args.threads)
+    train_ixi = [s for s, _ in subjects[:args.n_ixi]]
+    volumes, masks, used = ixi_volumes(ixi_bids, ixi_out, train_ixi, 2.0)
+    log(f"{len(used)} IXI brains; rendering {args.shifted_copies} shifted copies of each ...")
+    add_shifted_copies(volumes, masks, args.shifted_copies, np.random.default_rng(7))
+    sim_vols, _ = simulated_volumes(sim_dir)
+    volumes.update({f"sim-{k}": v for k, v in sim_vols.items()})
+    log(f"{len(sim_vols)} simulated anatomies x {len(next(iter(sim_vols.values())))} protocols")
+    config = ModelConfig(sites=MODEL_SITES, base_channels=args.base_channels, voxel_mm=2.0)
+    data = PairedSlices(volumes, list(MODEL_SITES), context_slices=config.context_slices,
+                        crop=(64, 64), augment=1.5)
+    loop = TrainLoop(HarmonizationModel(config), lambda r: data.sample(args.batch_size, r),
+                     TrainConfig(lr=2e-4, bf16=True, log_every=200, seed=0))
+    state = work / "training_state.safetensors"
+    trained_s = 0.0
+    if load_state(loop, state):
+        trained_s = json.loads((work / "training_time.json").read_text())["seconds"]
+        log(f"resuming at step {loop.step} ({trained_s / 60:.1f} min done)")
+    while trained_s < args.minutes * 60:
+        t0 = time.monotonic()
+        loop.run(100, log=log)
+        trained_s += time.monotonic() - t0
+        if loop.step % 500 == 0:
+            save_state(loop, state)
+            (work / "training_time.json").write_text(json.dumps({"seconds": trained_s}))
+    hist = loop.history
+    card = {
+        "name": "harmonize_bids default model",
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "harmonize_bids_version": __version__, "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} thread(s), "
+                   "no GPU",
+        "command": "python scripts/train_default_model.py " + " ".join(sys.argv[1:]),
+        "sites": {
+            "ixi-hh": "real: IXI Hammersmith Hospital, Philips Intera 3T (targets: the "
+                      "preprocessed brains; sources: protocol-shifted copies of them)",
+            **{s: f"simulated: harmonize_bids-simulate --protocols {s}" for s in SIM_TARGETS}},
+        "training_data": {
+            "ixi_participants": used,
+            "ixi_shifted_copies_per_image": args.shifted_copies,
+            "simulated_label_maps": [p.name for p in train_labels],
+            "simulated_anatomies": len(sim_vols),
+            "random_source_protocols": [r.name for r in randoms],
+            "held_out_label_maps": [p.name for p in labels[args.n_labels:]],
+            "held_out_ixi_participants": [s for s, _ in subjects[args.n_ixi:]]},
+        "licences": {
+            "IXI": "Trained in part on IXI data (brain-development.org), CC BY-SA 3.0: "
+                   "acknowledge the IXI dataset when redistributing these weights.",
+            "SynthSeg label maps": "Apache-2.0 (SynthSeg project)"},
+        "training": {"steps": loop.step, "batch_size": args.batch_size, "patch_size": 64,
+                     "learning_rate": 2e-4, "minutes": round(trained_s / 60, 1),
+                     "preprocessing_minutes": round(t_ixi / 60, 1),
+                     "simulation_minutes": round(t_sim / 60, 1)},
+        "losses": {"first_200": float(np.mean([h["diffusion"] for h in hist[:200]])),
+                   "last_200": float(np.mean([h["diffusion"] for h in hist[-200:]]))},
+        "metrics": "benchmarks/results/quality_vs_peers.md",
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    save_model(loop.ema, args.output, card=card)
+    (work / "history.json").write_text(json.dumps(hist))
+    log(f"wrote {args.output} ({loop.step} steps, {trained_s / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Build the CPU image with podman from a local Debian base (no registry needed) and run
+# it as users do: --version, then a tiny participant job (with harmonization) and
+# checks of its outputs, the container read-only, networkless and not root.
+#
+#   bash tests/container/build_and_run.sh [CACHE_DIR]
+#
+# Needs (Debian): podman, buildah, debootstrap, runc; root (rootful podman).  Takes
+# about 15 minutes the first time on 2 cores (most of it pip downloading wheels), a
+# few minutes with CACHE_DIR kept.  Not part of .ci/run (CI's time is better spent on
+# the test suite); CircleCI builds and runs the image with Docker on every push.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+CACHE=${1:-/tmp/harmonize_bids_container}
+IMAGE=localhost/harmonize_bids:latest
+BASE=localhost/debian-bookworm:latest
+mkdir -p "$CACHE"
+t0=$(date +%s)
+say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+
+# podman's defaults here: crun cannot raise RLIMIT_NPROC in this sandbox and
+# cgroups are hybrid, so use runc and explicit ulimits.
+RUN=(podman run --rm --runtime runc --ulimit "nofile=$(ulimit -n):$(ulimit -n)"
+     --ulimit nproc=4096:4096 --read-only --tmpfs /tmp --network none -u 1000:1000)
+
+if ! podman image exists "$BASE"; then
+  say "debootstrap a minimal Debian bookworm base ..."
+  if [ ! -f "$CACHE/rootfs.tar" ]; then
+    rm -rf "$CACHE/rootfs"
+    debootstrap --variant=minbase --include=ca-certificates bookworm "$CACHE/rootfs" \
+      http://deb.debian.org/debian > "$CACHE/debootstrap.log"
+    tar -C "$CACHE/rootfs" -cf "$CACHE/rootfs.tar" .
+    rm -rf "$CACHE/rootfs"
+  fi
+  podman import "$CACHE/rootfs.tar" "$BASE" > /dev/null
+fi
+
+# an offline CPU torch wheel, if this machine has one (pip's find-links)
+for w in /opt/wheels/torch-2.13.0+cpu-cp311-*.whl; do
+  [ -f "$w" ] && cp -u "$w" "$REPO/docker/wheels/"
+done
+
+say "building $IMAGE (FROM $BASE) ..."
+podman build --isolation chroot --layers -f "$REPO/Dockerfile" -t "$IMAGE" \
+  --build-arg BASE_IMAGE="$BASE" --build-arg VERSION_TAG=local \
+  --build-arg VCS_REF="$(git -C "$REPO" rev-parse --short HEAD)" \
+  --build-arg BUILD_DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$REPO" > "$CACHE/build.log" 2>&1 \
+  || { tail -40 "$CACHE/build.log"; exit 1; }
+say "built; image size: $(podman image inspect "$IMAGE" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}')"
+
+say "--version:"
+"${RUN[@]}" "$IMAGE" --version
+"${RUN[@]}" --entrypoint cat "$IMAGE" /version
+
+DATA=$(mktemp -d "$CACHE/run.XXXX")
+mkdir -p "$DATA/out" "$DATA/work"
+chmod -R 777 "$DATA"
+say "simulating a tiny dataset inside the container ..."
+"${RUN[@]}" -v "$DATA:/data" --entrypoint harmonize_bids-simulate "$IMAGE" \
+  --protocols siemens3tmprage,clinical15tthick --n-anatomies 1 --resolution 3 /data/ds
+chmod -R a-w "$DATA/ds"   # the input is read-only, as on a real archive
+
+say "participant level (read-only root, no network, uid 1000) ..."
+"${RUN[@]}" -v "$DATA/ds:/data:ro" -v "$DATA/out:/out" -v "$DATA/work:/work" "$IMAGE" \
+  /data /out participant -w /work --target-site siemens3tmprage --sloppy --nprocs 2 \
+  --omp-nthreads 1 --random-seed 0
+
+say "checking outputs ..."
+for sub in a01s01 a01s02; do
+  for f in desc-preproc_T1w desc-brain_mask space-MNI152NLin2009aSym_desc-harmonized_T1w \
+           desc-harmonized_T1w; do
+    ls "$DATA/out/sub-$sub/anat/sub-${sub}_"*"${f}.nii.gz" > /dev/null
+  done
+done
+python3 - "$DATA/out" <<'PY'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+desc = json.loads((out / "dataset_description.json").read_text())
+assert desc["GeneratedBy"][0]["Container"]["Type"] == "docker", desc["GeneratedBy"]
+side = json.loads(next(out.glob("sub-a01s02/anat/*desc-harmonized_T1w.json")).read_text())
+assert side["TargetSite"] == "siemens3tmprage", side
+print("outputs and sidecars ok:", len(list(out.rglob("*.nii.gz"))), "images")
+PY
+"${RUN[@]}" -v "$DATA/out:/out:ro" --entrypoint bids-validator-deno "$IMAGE" /out \
+  > "$CACHE/validator.txt" 2>&1 || { cat "$CACHE/validator.txt"; exit 1; }
+say "BIDS validator: ok"
+say "done: image $IMAGE verified"
