@@ -21,6 +21,10 @@ FROM ${BASE_IMAGE} AS build
 ARG FLAVOR=cpu
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# A CA bundle for pip behind a TLS-intercepting proxy (mounted at build time, e.g.
+# podman build -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/host-ca.crt:ro
+# --build-arg PIP_CERT=/etc/ssl/host-ca.crt); unset: the image's own CAs.
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
 
 # A bare Debian base (debootstrap) has no pip/venv; python:* and pytorch/* images do.
@@ -48,10 +52,13 @@ RUN if [ "$FLAVOR" = "cpu" ]; then \
         python3 -c "import torch; assert torch.cuda.is_available() or True; print(torch.__version__)"; \
     fi
 
+# the pinned dependencies first (a layer that only changes with the pins) ...
 COPY docker/constraints.txt /tmp/constraints.txt
+RUN pip install --requirement /tmp/constraints.txt
+# ... then the package itself, its data (templates, bundled model) included
 COPY setup.cfg pyproject.toml README.md /src/
 COPY harmonize_bids /src/harmonize_bids
-RUN pip install --constraint /tmp/constraints.txt /src && \
+RUN pip install --no-deps /src && pip check && \
     python3 -c "import harmonize_bids, ants, bids, nipype, torch; print('ok')" && \
     bids-validator-deno --version
 

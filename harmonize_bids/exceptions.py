@@ -41,3 +41,9 @@ class OutputError(HarmonizeError):
     """The output directory cannot be created or written."""
 
     exit_code = 73
+
+
+class StorageError(HarmonizeError):
+    """No space left (or quota exceeded) where outputs or the work dir are written."""
+
+    exit_code = 74

@@ -183,3 +183,37 @@ def test_one_html_report_per_participant(sloppy_run):
     page = (sloppy_run["out"] / "sub-01.html").read_text()
     assert page.count("data:image/png;base64,") == 2  # mask + registration (no harmonization)
     assert "Brain mask" in page and "siteA" in page
+
+
+def test_kill_9_mid_run_then_resume_gives_identical_outputs(sloppy_run, tmp_path):
+    """SIGKILL the whole run (main process and workers) once preprocessing has
+    started: no partial file under a final name; a rerun on the same work dir
+    finishes and its outputs equal an uninterrupted run's."""
+    import os
+    import signal
+    import sys
+    import time
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    cmd = [sys.executable, "-m", "harmonize_bids.cli.run", str(sloppy_run["bids"]), str(out),
+           "participant", "--sloppy", "-w", str(work), "--participant-label", "01",
+           "--random-seed", "7", "--nprocs", "2", "--omp-nthreads", "1",
+           "--skip-bids-validation"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(work.rglob("result_n4.pklz")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # nothing half-written under a final name (temporary names start with a dot)
+    for f in out.rglob("*"):
+        if f.is_file() and not f.name.startswith("."):
+            if f.name.endswith(".json"):
+                json.loads(f.read_text())
+            elif f.name.endswith(".nii.gz"):
+                nb.load(f).get_fdata()
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    ref = {k: v for k, v in _tree_digest(sloppy_run["out"]).items() if k.startswith("sub-01")}
+    assert {k: v for k, v in _tree_digest(out).items() if k.startswith("sub-01")} == ref

@@ -45,3 +45,57 @@ def test_input_dataset_checksums_unchanged_by_a_run(synthetic_bids, tmp_path):
     assert main([str(synthetic_bids), str(tmp_path / "out"), "participant", "--sloppy", "-w",
                  str(tmp_path / "work"), "--participant-label", "01", "--nprocs", "2"]) == 0
     assert _digest(synthetic_bids) == before
+
+
+# ---- full or read-only disks (tmpfs mounts: root only, skipped elsewhere) ----
+
+import contextlib  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str, read_only: bool = False):
+    path.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size}" + (",ro" if read_only else "")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)],
+                         capture_output=True)
+    if res.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_full_disk_fails_before_any_work_with_exit_74(synthetic_bids, tmp_path, caplog):
+    from harmonize_bids.cli.run import main
+
+    with _tmpfs(tmp_path / "small", "1m") as small:
+        code = main([str(synthetic_bids), str(small / "out"), "participant",
+                     "-w", str(tmp_path / "work"), "--skip-bids-validation"])
+        assert code == 74
+        assert not list((small / "out").rglob("*.nii.gz"))
+    assert "MB free" in caplog.text
+
+
+def test_read_only_output_exits_73(synthetic_bids, tmp_path):
+    from harmonize_bids.cli.run import main
+
+    with _tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
+        code = main([str(synthetic_bids), str(ro / "out"), "participant",
+                     "-w", str(tmp_path / "work"), "--skip-bids-validation"])
+    assert code == 73
+
+
+def test_disk_full_mid_write_leaves_no_partial_file(tmp_path):
+    from harmonize_bids.exceptions import StorageError
+    from harmonize_bids.utils.io import atomic_write_text
+
+    with _tmpfs(tmp_path / "tiny", "64k") as tiny:
+        atomic_write_text("small\n", tiny / "a.txt")
+        with pytest.raises(StorageError, match="No space left"):
+            atomic_write_text("x" * 200_000, tiny / "big.txt")
+        assert sorted(os.listdir(tiny)) == ["a.txt"]

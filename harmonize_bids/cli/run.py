@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -12,9 +13,12 @@ from typing import Iterator
 
 from harmonize_bids import __version__
 from harmonize_bids.config import Settings
-from harmonize_bids.exceptions import HarmonizeError, UsageError
+from harmonize_bids.exceptions import HarmonizeError, StorageError, UsageError
+from harmonize_bids.utils.io import check_writable
 
 LOGGER = logging.getLogger("harmonize_bids")
+#: free space (MB) the output and work directories need before a run starts
+MIN_FREE_MB = 100
 
 #: Node names reported at default verbosity, with what they mean to a user.
 MAJOR_STEPS = {
@@ -26,6 +30,18 @@ MAJOR_STEPS = {
     "normalize": "intensity normalization in template space",
     "harmonize": "harmonization (diffusion model)",
 }
+
+
+def write_worker_nipype_config(work_dir: Path, verbose: int) -> Path:
+    """A ``nipype.cfg`` with our log levels for spawned workers; return its folder."""
+    from harmonize_bids.utils.io import atomic_write_text
+
+    level = "INFO" if verbose >= 2 else "WARNING"
+    folder = Path(work_dir) / "nipype_config"
+    atomic_write_text(f"[logging]\nworkflow_level = {level}\ninterface_level = {level}\n"
+                      f"utils_level = {level}\n\n[monitoring]\nenabled = false\n",
+                      folder / "nipype.cfg")
+    return folder
 
 
 def _setup_logging(verbose: int) -> None:
@@ -112,15 +128,20 @@ def print_model_info(model: Path | None) -> int:
 
 
 @contextmanager
-def thread_environment(omp_nthreads: int) -> Iterator[None]:
-    """Threads per step for the worker processes nipype starts inside the block.
+def thread_environment(omp_nthreads: int, nipype_config_dir: Path | None = None
+                       ) -> Iterator[None]:
+    """Environment of the worker processes nipype starts inside the block.
 
     ITK reads ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` once per process, at its
-    first use, so it must be in the environment the workers inherit.
+    first use, so it must be in the environment the workers inherit.  Spawned
+    workers also re-read nipype's configuration (its log levels) from
+    ``NIPYPE_CONFIG_DIR``, see :func:`write_worker_nipype_config`.
     """
-    keys = ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS")
+    keys = ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "NIPYPE_CONFIG_DIR")
     saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: str(omp_nthreads) for k in keys})
+    os.environ.update({k: str(omp_nthreads) for k in keys[:2]})
+    if nipype_config_dir is not None:
+        os.environ["NIPYPE_CONFIG_DIR"] = str(nipype_config_dir)
     try:
         yield
     finally:
@@ -202,7 +223,8 @@ def _run_participant(settings: Settings) -> int:
         LOGGER.info("Running the steps with nipype's %s plugin", plugin)
     started = time.monotonic()
     try:
-        with thread_environment(settings.omp_nthreads):
+        with thread_environment(settings.omp_nthreads,
+                                write_worker_nipype_config(settings.work_dir, settings.verbose)):
             workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as err:  # nipype: "Workflow did not execute cleanly"
         LOGGER.debug("nipype: %s", err)
@@ -224,6 +246,11 @@ def _run_participant(settings: Settings) -> int:
     if n_failed:
         LOGGER.error("%d of %d image(s) failed; crash reports in %s", n_failed, len(records),
                      settings.work_dir / "crash")
+        for folder in (settings.output_dir, settings.work_dir):
+            if shutil.disk_usage(folder).free < MIN_FREE_MB * 2**20:
+                LOGGER.error("The disk holding %s is (nearly) full: free space and rerun; "
+                             "finished steps are kept in the work directory", folder)
+                return StorageError.exit_code
         return 1
     LOGGER.info("Outputs in %s", settings.output_dir)
     return 0
@@ -251,6 +278,9 @@ def run(settings: Settings) -> int:
     LOGGER.info("  input   %s\n  output  %s\n  work    %s\n  seed    %d%s", settings.bids_dir,
                 settings.output_dir, settings.work_dir, settings.random_seed,
                 "  (sloppy)" if settings.sloppy else "")
+    # fail before any work when the outputs or the work dir cannot be written
+    check_writable(settings.output_dir, MIN_FREE_MB)
+    check_writable(settings.work_dir, MIN_FREE_MB)
     if settings.analysis_level == "group":
         return _run_group(settings)
     return _run_participant(settings)

@@ -41,7 +41,13 @@ for w in /opt/wheels/torch-2.13.0+cpu-cp311-*.whl; do
 done
 
 say "building $IMAGE (FROM $BASE) ..."
-podman build --isolation chroot --layers -f "$REPO/Dockerfile" -t "$IMAGE" \
+# this machine reaches PyPI through a TLS-intercepting proxy: lend pip the host's CAs
+CA=()
+if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+  CA=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/host-ca.crt:ro
+      --build-arg PIP_CERT=/etc/ssl/host-ca.crt)
+fi
+podman build --isolation chroot --layers -f "$REPO/Dockerfile" -t "$IMAGE" "${CA[@]}" \
   --build-arg BASE_IMAGE="$BASE" --build-arg VERSION_TAG=local \
   --build-arg VCS_REF="$(git -C "$REPO" rev-parse --short HEAD)" \
   --build-arg BUILD_DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$REPO" > "$CACHE/build.log" 2>&1 \

@@ -1,0 +1,78 @@
+"""Static checks of the container and CI files (the images themselves are built and run
+by tests/container/build_and_run.sh and by CircleCI)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def circleci() -> dict:
+    return yaml.safe_load((REPO / ".circleci" / "config.yml").read_text())
+
+
+def test_circleci_workflow_references_defined_jobs(circleci):
+    assert circleci["version"] == 2.1
+    jobs = circleci["jobs"]
+    assert {"build", "test", "deploy"} <= set(jobs)
+    for wf in circleci["workflows"].values():
+        for entry in wf["jobs"]:
+            name, spec = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+            assert name in jobs
+            for dep in (spec or {}).get("requires", []):
+                assert dep in jobs
+    for job in jobs.values():
+        assert job.get("executor") in circleci["executors"] or "docker" in job \
+            or "machine" in job
+
+
+def test_circleci_runs_the_app_read_only_and_networkless(circleci):
+    commands = [step["run"]["command"] for step in circleci["jobs"]["test"]["steps"]
+                if isinstance(step, dict) and isinstance(step.get("run"), dict)]
+    app_runs = [c for c in commands if "docker run" in c and "--version" not in c]
+    assert len(app_runs) >= 3
+    for cmd in app_runs:
+        assert "--read-only" in cmd and "--network none" in cmd, cmd
+    text = "\n".join(commands)
+    assert "participant" in text and "group" in text
+    assert "expected_outputs.txt" in text and "bids-validator-deno" in text
+
+
+def test_expected_outputs_list_is_sorted_and_bids_named():
+    lines = (REPO / ".circleci" / "expected_outputs.txt").read_text().splitlines()
+    assert lines == sorted(lines) and len(lines) > 10
+    assert "dataset_description.json" in lines
+    assert any(line.endswith("desc-harmonized_T1w.nii.gz") for line in lines)
+    assert any(line.startswith("models/") for line in lines)
+
+
+def test_dockerfile_contract():
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE=", text, re.M)
+    assert 'ENTRYPOINT ["harmonize_bids"]' in text
+    assert re.search(r"^USER (?!root)\S+", text, re.M)          # not root
+    assert text.count("FROM ") >= 2                              # multi-stage
+    assert "constraints.txt" in text and "libtcmalloc" in text
+    assert "HOME=/tmp" in text
+
+
+def test_constraints_pin_everything_but_torch():
+    pins = [line for line in (REPO / "docker" / "constraints.txt").read_text().splitlines()
+            if line and not line.startswith("#")]
+    assert all(re.fullmatch(r"[a-z0-9-]+==\S+", p) for p in pins), pins
+    names = {p.split("==")[0] for p in pins}
+    assert {"antspyx", "nipype", "pybids", "safetensors", "bids-validator-deno"} <= names
+    assert "torch" not in names
+
+
+def test_singularity_definition_passes_arguments_through():
+    text = (REPO / "singularity.def").read_text()
+    assert re.search(r"^Bootstrap: docker-daemon", text, re.M)
+    assert 'exec harmonize_bids "$@"' in text
+    for section in ("%environment", "%runscript", "%labels", "%help"):
+        assert section in text
