@@ -146,8 +146,7 @@ def ixi_track(model, card, ixi_derivatives: Path, steps: int, n_shifts: int) -> 
 
     labels = card.get("training_data", {}).get("held_out_ixi_participants") or []
     records = [T1wRecord(path=Path(f"sub-{s}_T1w.nii.gz"),
-                         entities={"subject": s, "datatype": "anat", "suffix": "T1w",
-                                   "extension": ".nii.gz"}, site="ixi-hh",
+                         entities={"subject": s}, site="ixi-hh",
                          site_source="benchmark") for s in labels]
     if not records or not ixi_derivatives.is_dir():
         return "IXI track skipped: no held-out IXI participants preprocessed", []

@@ -90,8 +90,7 @@ def ixi_volumes(bids_dir: Path, out: Path, labels: list[str], voxel_mm: float):
     from harmonize_bids.utils.bids import T1wRecord
 
     records = [T1wRecord(path=bids_dir / f"sub-{s}/anat/sub-{s}_T1w.nii.gz",
-                         entities={"subject": s, "datatype": "anat", "suffix": "T1w",
-                                   "extension": ".nii.gz"},
+                         entities={"subject": s},
                          site=IXI_SITE, site_source="participants.tsv") for s in labels]
     return load_training_volumes(records, out, voxel_mm)
 

@@ -249,3 +249,17 @@ def test_real_label_map_renders_like_a_head(shared_data):
     assert wm > gm > csf
     volume_ml = (np.asarray(mask.dataobj) > 0).sum() * 8 / 1000
     assert 1000 < volume_ml < 2200
+
+
+def test_random_protocols_are_always_physically_possible():
+    """Every random MPRAGE fits its readout train between inversion and TR."""
+    from harmonize_bids.simulate.protocols import random_protocol
+    from harmonize_bids.simulate.signal import mprage_signal
+
+    rng = np.random.default_rng(7)
+    for k in range(300):
+        p = random_protocol(rng, f"r{k}")
+        if p.sequence == "mprage":
+            mprage_signal(1.0, np.array([800.0]), np.inf, tr=p.tr, ti=p.ti, te=0.0,
+                          flip_deg=p.flip_deg, echo_spacing=p.echo_spacing,
+                          n_readout=p.n_readout)

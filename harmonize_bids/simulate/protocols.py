@@ -142,6 +142,7 @@ def random_protocol(rng: np.random.Generator, name: str = "random") -> Protocol:
         n_readout = int(rng.integers(100, 200))
         es = float(rng.uniform(6, 10))
         ti = float(rng.uniform(700, 1200))
+        n_readout = min(n_readout, int(2 * (ti - 50) / es))  # the train must fit before TI
         tr = float(ti + n_readout * es / 2 + rng.uniform(300, 1200))
         kw = dict(sequence="mprage", tr=tr, ti=ti, echo_spacing=es, n_readout=n_readout,
                   flip_deg=float(rng.uniform(6, 12)), te=float(rng.uniform(2.5, 4.5)))
