@@ -231,7 +231,7 @@ def dataset_description(bids_dir: Path) -> dict[str, Any]:
 
 
 #: Files in the output that are not BIDS (ignored by the validator).
-BIDSIGNORE = ["*_xfm.h5", "*_xfm.json", "logs/", "models/", "*.html", "figures/"]
+BIDSIGNORE = ["*_xfm.h5", "*_xfm.json", "logs", "models", "*.html", "figures"]
 
 
 def init_derivatives(output_dir: Path, bids_dir: Path) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import nibabel as nb
 import numpy as np
@@ -103,6 +104,11 @@ def test_group_level_trains_resumes_and_the_model_harmonizes(sloppy_run, tmp_pat
                  "--nprocs", "2"])
     assert code == 0
     assert (out / "sub-01/anat/sub-01_desc-harmonized_T1w.nii.gz").is_file()
+    # models/, reports and harmonized outputs together still pass the validator
+    proc = subprocess.run([shutil.which("bids-validator-deno"), "--format", "json", str(out)],
+                          capture_output=True, text=True)
+    issues = json.loads(proc.stdout)["issues"]["issues"]
+    assert [i for i in issues if i.get("severity") == "error"] == []
 
 
 def test_group_level_needs_participant_outputs(synthetic_bids, tmp_path):
