@@ -99,3 +99,22 @@ def test_disk_full_mid_write_leaves_no_partial_file(tmp_path):
         with pytest.raises(StorageError, match="No space left"):
             atomic_write_text("x" * 200_000, tiny / "big.txt")
         assert sorted(os.listdir(tiny)) == ["a.txt"]
+
+
+def test_runs_without_any_network(synthetic_bids, tmp_path):
+    """The whole participant level (validation included) in a network namespace with
+    no interfaces: nothing is downloaded, no telemetry is attempted."""
+    import shutil
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare not available")
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("cannot create a network namespace here")
+    cmd = ["unshare", "-n", sys.executable, "-m", "harmonize_bids.cli.run", str(synthetic_bids),
+           str(tmp_path / "out"), "participant", "--sloppy", "--participant-label", "02",
+           "-w", str(tmp_path / "work"), "--nprocs", "2", "--omp-nthreads", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert list((tmp_path / "out").glob("sub-02/anat/*desc-preproc_T1w.nii.gz"))
