@@ -136,3 +136,13 @@ def test_use_plugin_file_is_read_and_checked(tmp_path):
     with pytest.raises(UsageError):
         parse_args([str(bids), str(tmp_path / "out"), "participant",
                     "--use-plugin", str(tmp_path / "missing.yml")])
+
+
+def test_version_names_the_container_build_on_one_line(monkeypatch, capsys):
+    build = "cpu image, commit abc1234, built 2026-11-25T03:24:35Z " + "x" * 60
+    monkeypatch.setenv("HARMONIZE_BIDS_BUILD", build)
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip().splitlines() == [
+        f"harmonize_bids {__import__('harmonize_bids').__version__} ({build})"]

@@ -43,6 +43,14 @@ def version_text() -> str:
     return f"harmonize_bids {__version__}" + (f" ({build})" if build else "")
 
 
+class _PrintVersion(argparse.Action):
+    """``--version`` without argparse's line wrapping (build strings are long)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit(0)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="harmonize_bids",
@@ -61,7 +69,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("analysis_level", choices=["participant", "group"],
                         help="'participant': preprocess (and harmonize) each T1w; "
                              "'group': train a model on the preprocessed participants")
-    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument("--version", action=_PrintVersion, nargs=0,
+                        help="show the version (and container build) and exit")
 
     sel = parser.add_argument_group("Selecting data")
     sel.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
