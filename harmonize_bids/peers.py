@@ -69,8 +69,10 @@ def nyul(source: np.ndarray, mask: np.ndarray, references: list[np.ndarray],
     out = normalizer.transform(img(source.astype(np.float64)), img((mask > 0).astype(np.float64)))
     # back from Nyul's arbitrary standard scale to the target site's intensity units
     q = normalizer.percentiles
-    std_values = np.concatenate([normalizer.transform(img(r.astype(np.float64))).get_data()[m > 0]
-                                 for r, m in zip(references, reference_masks)])
+    std_values = np.concatenate([
+        normalizer.transform(img(r.astype(np.float64)),
+                             img((m > 0).astype(np.float64))).get_data()[m > 0]
+        for r, m in zip(references, reference_masks)])
     ref_values = np.concatenate([r[m > 0] for r, m in zip(references, reference_masks)])
     std_q, idx = np.unique(np.percentile(std_values, q), return_index=True)
     units = np.interp(out.get_data(), std_q, np.percentile(ref_values, q)[idx])
