@@ -116,6 +116,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/hb_default"))
     parser.add_argument("--minutes", type=float, default=60, help="training time budget")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where to train ('auto': a GPU when one is available)")
     parser.add_argument("--nprocs", type=int, default=2, help="processes for preprocessing")
     parser.add_argument("--n-ixi", type=int, default=30, help="IXI heads used for training")
     parser.add_argument("--n-ixi-test", type=int, default=4,
@@ -173,6 +175,7 @@ def main() -> None:
     from harmonize_bids import __version__
     from harmonize_bids.diffusion.checkpoint import save_model
     from harmonize_bids.diffusion.model import HarmonizationModel, ModelConfig
+    from harmonize_bids.interfaces.harmonize import resolve_device
     from harmonize_bids.training.data import PairedSlices, add_shifted_copies
     from harmonize_bids.training.loop import TrainConfig, TrainLoop, load_state, save_state
 
@@ -187,8 +190,10 @@ def main() -> None:
     config = ModelConfig(sites=MODEL_SITES, base_channels=args.base_channels, voxel_mm=2.0)
     data = PairedSlices(volumes, list(MODEL_SITES), context_slices=config.context_slices,
                         crop=(64, 64), augment=1.5)
+    device = resolve_device(args.device)
     loop = TrainLoop(HarmonizationModel(config), lambda r: data.sample(args.batch_size, r),
-                     TrainConfig(lr=2e-4, bf16=True, log_every=200, seed=0))
+                     TrainConfig(lr=2e-4, bf16=device == "cpu", log_every=200, seed=0),
+                     device=device)
     state = work / "training_state.safetensors"
     trained_s = 0.0
     if load_state(loop, state):
@@ -208,7 +213,7 @@ def main() -> None:
         "harmonize_bids_version": __version__, "torch_version": torch.__version__,
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} thread(s), "
-                   "no GPU",
+                   f"device {device}",
         "command": "python scripts/train_default_model.py " + " ".join(sys.argv[1:]),
         "sites": {
             "ixi-hh": "real: IXI Hammersmith Hospital, Philips Intera 3T (targets: the "
