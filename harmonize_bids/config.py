@@ -48,6 +48,7 @@ class Settings:
     patch_size: int = 64
     learning_rate: float = 2e-4
     shifted_copies: int = 3
+    gradient_checkpointing: bool = False
     sloppy: bool = False
     verbose: int = 0
     stop_on_first_crash: bool = False

@@ -196,3 +196,30 @@ def test_tiny_model_trains_and_loss_drops():
     assert len(history) == 60 and loop.step == 60
     assert after < 0.7 * before, (before, after)
     assert {"diffusion", "consistency", "adversary", "loss"} <= set(history[-1])
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from harmonize_bids.diffusion.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(2, 1, base_channels=8, channel_mults=(1, 2), attention_levels=(1,), emb_dim=16)
+    x, emb = torch.randn(2, 2, 16, 16), torch.randn(2, 16)
+    grads = []
+    for flag in (False, True):
+        net.zero_grad()
+        net.train()
+        net.gradient_checkpointing = flag
+        net(x, emb).square().mean().backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_train_config_switches_checkpointing_on_in_every_unet():
+    from harmonize_bids.training.loop import TrainConfig, TrainLoop
+
+    model = tiny_model()
+    loop = TrainLoop(model, lambda rng: None, TrainConfig(gradient_checkpointing=True))
+    flags = [m.gradient_checkpointing for m in loop.model.modules()
+             if hasattr(m, "gradient_checkpointing")]
+    assert len(flags) >= 2 and all(flags)

@@ -117,6 +117,9 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patch-size", type=_positive_int, default=64,
                        help="square patch side in voxels (the model is fully convolutional)")
     train.add_argument("--learning-rate", type=float, default=2e-4, help="AdamW learning rate")
+    train.add_argument("--gradient-checkpointing", action="store_true",
+                       help="recompute activations in the backward pass: less memory for "
+                            "bigger batches/patches, at the cost of more compute")
     train.add_argument("--shifted-copies", type=int, default=3,
                        help="protocol-shifted copies of each image used as extra sources")
 
@@ -218,6 +221,7 @@ def _check(opts: argparse.Namespace) -> Settings:
         patch_size=opts.patch_size,
         learning_rate=opts.learning_rate,
         shifted_copies=opts.shifted_copies,
+        gradient_checkpointing=opts.gradient_checkpointing,
         sloppy=opts.sloppy,
         verbose=opts.verbose,
         stop_on_first_crash=opts.stop_on_first_crash,

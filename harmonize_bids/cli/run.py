@@ -297,6 +297,7 @@ def _run_group(settings: Settings) -> int:
         patch_size=settings.patch_size, learning_rate=settings.learning_rate,
         shifted_copies=settings.shifted_copies, device=settings.device,
         num_threads=settings.omp_nthreads, seed=settings.random_seed,
+        gradient_checkpointing=settings.gradient_checkpointing,
         checkpoint_every=max(1, min(200, settings.train_steps // 10)))
     train_group_model(records, settings.output_dir, settings.work_dir, options,
                       log=lambda msg: LOGGER.info("%s", msg))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 from torch.nn import functional as F
 
@@ -107,11 +108,18 @@ class UNet(nn.Module):
             self.up.append(blocks)
         self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
         self.levels = len(chans)
+        #: recompute block activations in the backward pass instead of storing them
+        #: (less memory for bigger batches/patches, more compute); training only
+        self.gradient_checkpointing = False
 
-    @staticmethod
-    def _run(blocks: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
+    def _run(self, blocks: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor | None
+             ) -> torch.Tensor:
         for block in blocks:
-            h = block(h, emb) if isinstance(block, ResBlock) else block(h)
+            args = (h, emb) if isinstance(block, ResBlock) else (h,)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                h = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+            else:
+                h = block(*args)
         return h
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:

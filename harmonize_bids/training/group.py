@@ -39,6 +39,7 @@ class GroupOptions:
     device: str = "auto"
     num_threads: int = 1
     seed: int = 0
+    gradient_checkpointing: bool = False
 
 
 def load_training_volumes(records: list[T1wRecord], output_dir: Path, voxel_mm: float
@@ -135,9 +136,12 @@ def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path
                         crop=(options.patch_size, options.patch_size))
     device = resolve_device(options.device)
     model = HarmonizationModel(config)
+    # bf16 mixed precision: autocast on CPUs, and on GPUs that support bf16 (A100, H100)
+    bf16 = device == "cpu" or (device == "cuda" and torch.cuda.is_bf16_supported())
     train_config = TrainConfig(steps=options.train_steps, batch_size=options.batch_size,
-                               lr=options.learning_rate, seed=options.seed,
-                               bf16=device == "cpu", log_every=50)
+                               lr=options.learning_rate, seed=options.seed, bf16=bf16,
+                               log_every=50,
+                               gradient_checkpointing=options.gradient_checkpointing)
     loop = TrainLoop(model, lambda r: data.sample(options.batch_size, r), train_config,
                      device=device)
     if loop.world_size > 1:
@@ -166,7 +170,7 @@ def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path
         "name": "harmonize_bids group-level model",
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "harmonize_bids_version": __version__, "torch_version": torch.__version__,
-        "python": platform.python_version(), "device": device,
+        "python": platform.python_version(), "device": device, "bf16": bf16,
         "training_data": {"images": used, "n_images": len(used),
                           "shifted_copies_per_image": options.shifted_copies},
         "training": {"steps": loop.step, "batch_size": options.batch_size,

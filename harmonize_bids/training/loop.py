@@ -35,6 +35,8 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     bf16: bool = False
+    #: gradient checkpointing in the denoiser and condition UNets (saves memory)
+    gradient_checkpointing: bool = False
 
 
 class UniformTimesteps:
@@ -100,6 +102,9 @@ class TrainLoop:
                  config: TrainConfig, device: str = "cpu"):
         self.device = torch.device(device)
         self.model = model.to(self.device)
+        for module in self.model.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = config.gradient_checkpointing
         self.sample_batch = sample_batch
         self.config = config
         self.schedule = model.schedule()
