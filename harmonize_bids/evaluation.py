@@ -136,11 +136,14 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
             continue
         predictability[target], chance[target] = res["accuracy"], res["chance"]
     if derivatives_dir is None:  # one question for the baseline: are raw sites apart?
-        res = metrics.site_predictability([_load(i.t1w) for i in images],
-                                          [_load(i.brain_mask) > 0 for i in images],
-                                          [i.site for i in images])
-        predictability = {t: res["accuracy"] for t in sites}
-        chance = {t: res["chance"] for t in sites}
+        try:
+            res = metrics.site_predictability([_load(i.t1w) for i in images],
+                                              [_load(i.brain_mask) > 0 for i in images],
+                                              [i.site for i in images])
+            predictability = {t: res["accuracy"] for t in sites}
+            chance = {t: res["chance"] for t in sites}
+        except ValueError:  # too few images per site to cross-validate a classifier
+            predictability, chance = {}, {}
     return {
         "pairs": {key: {m: float(np.mean([r[m] for r in rows])) for m in METRIC_COLUMNS}
                   for key, rows in scores.items()},
