@@ -18,8 +18,11 @@ def _save(tmp_path, data, affine=None, name="img.nii.gz"):
 
 
 def _head(shape=(20, 22, 18)):
+    """A smooth ellipsoid 'head' with mild noise (spatially correlated, like anatomy)."""
     rng = np.random.default_rng(0)
-    return rng.uniform(10, 100, shape).astype(np.float32)
+    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    inside = sum(g ** 2 for g in grid) < 0.8
+    return (np.where(inside, 100.0, 10.0) + rng.uniform(0, 5, shape)).astype(np.float32)
 
 
 def test_good_image_loads_and_4d_singleton_is_squeezed(tmp_path):
@@ -30,6 +33,7 @@ def test_good_image_loads_and_4d_singleton_is_squeezed(tmp_path):
 @pytest.mark.parametrize("case,match", [
     ("4d", "3D"), ("2d", "3D"), ("nan", "NaN"), ("constant", "constant"),
     ("voxel", "voxel size"), ("affine", "affine"), ("tiny", "too small"),
+    ("noise", "does not look like"),
 ])
 def test_bad_images_are_refused_with_reason(tmp_path, case, match):
     data, affine = _head(), None
@@ -52,6 +56,8 @@ def test_bad_images_are_refused_with_reason(tmp_path, case, match):
         return
     elif case == "tiny":
         data = data[:4]
+    elif case == "noise":  # e.g. a mislabelled calibration scan
+        data = np.random.default_rng(0).random(data.shape).astype(np.float32) * 100
     with pytest.raises(im.ImageCheckError, match=match):
         im.load_t1w(_save(tmp_path, data, affine))
 
