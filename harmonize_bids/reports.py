@@ -4,8 +4,8 @@ For every T1w image of the participant, in the spirit of fMRIPrep's reports:
 
 1. **Brain mask** on the bias-corrected T1w (three orthogonal slices): is the
    skull stripped and the whole brain kept?
-2. **Template registration**: the template-space brain with the outline of the
-   MNI152NLin2009aSym brain on top: do they line up?
+2. **Template registration**: the template-space brain with the tissue outlines
+   of the MNI152NLin2009aSym template on top: do they line up?
 3. **Harmonization** (when run): the template-space brain before and after, and
    their difference, on three axial slices, with the model, sites and seed.
 
@@ -76,7 +76,7 @@ def mask_figure(t1w: Path, mask: Path) -> str:
 
 
 def registration_figure(std_t1w: Path, template_brain: Path) -> str:
-    """Template-space brain with the template's brain outline (yellow)."""
+    """Template-space brain with the template's tissue outlines (yellow)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,7 +154,9 @@ def write_report(output_dir: Path, subject: str, records: list, template_brain: 
                       f'<img src="data:image/png;base64,{mask_figure(t1w, mask)}">']
         if std.is_file():
             parts += ["<h3>Registration to MNI152NLin2009aSym</h3>",
-                      "<p>Yellow: the template's brain outline.</p>",
+                      "<p>Yellow: tissue outlines of the MNI152NLin2009aSym template "
+                      "(white matter, ventricles): they should follow the same edges "
+                      "in the participant's brain.</p>",
                       f'<img src="data:image/png;base64,'
                       f'{registration_figure(std, template_brain)}">']
         if harm.is_file() and std.is_file():
