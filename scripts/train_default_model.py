@@ -110,6 +110,14 @@ def simulated_volumes(sim_dir: Path):
     return vols, masks
 
 
+def stage_seconds(marker: Path) -> float:
+    """Seconds a finished stage took (recorded in its marker file; 0 if unknown)."""
+    try:
+        return float(marker.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -146,8 +154,8 @@ def main() -> None:
     make_ixi_bids(ixi_dir, subjects, ixi_bids)
     if not (work / "ixi_done").exists():
         preprocess_ixi(ixi_bids, ixi_out, work / "ixi_work", args.nprocs)
-        (work / "ixi_done").write_text("ok\n")
-    t_ixi = time.monotonic() - t_start
+        (work / "ixi_done").write_text(f"{time.monotonic() - t_start:.0f}\n")
+    t_ixi = stage_seconds(work / "ixi_done")
 
     # 2. simulated sites
     from harmonize_bids.simulate.dataset import make_traveling_dataset
@@ -158,6 +166,7 @@ def main() -> None:
     train_labels = labels[:args.n_labels]
     rng = np.random.default_rng(2024)
     randoms = [random_protocol(rng, f"random{i}") for i in range(args.n_random)]
+    t0 = time.monotonic()
     if not sim_dir.exists():
         label_dir = work / "labels_train"
         label_dir.mkdir(exist_ok=True)
@@ -167,7 +176,8 @@ def main() -> None:
         make_traveling_dataset(label_dir, sim_dir, [PROTOCOLS[n] for n in SIM_TARGETS] + randoms,
                                n_anatomies=args.n_anatomies, resolution_mm=2.0, seed=11,
                                progress=log)
-    t_sim = time.monotonic() - t_start - t_ixi
+        (work / "simulated_done").write_text(f"{time.monotonic() - t0:.0f}\n")
+    t_sim = stage_seconds(work / "simulated_done")
 
     # 3. training
     import torch
