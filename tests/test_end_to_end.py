@@ -217,3 +217,30 @@ def test_kill_9_mid_run_then_resume_gives_identical_outputs(sloppy_run, tmp_path
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     ref = {k: v for k, v in _tree_digest(sloppy_run["out"]).items() if k.startswith("sub-01")}
     assert {k: v for k, v in _tree_digest(out).items() if k.startswith("sub-01")} == ref
+
+
+def test_stop_on_first_crash_stops_the_run(synthetic_bids, tmp_path):
+    """With --stop-on-first-crash a bad image ends the run (exit 1) without finishing
+    the others; the bad image fails in its first step, before any other can finish."""
+    ds = tmp_path / "ds"
+    shutil.copytree(synthetic_bids, ds)
+    bad = ds / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    img = nb.load(bad)
+    nb.Nifti1Image(np.zeros(img.shape, np.int16), img.affine).to_filename(bad)
+    code = main([str(ds), str(tmp_path / "out"), "participant", "--sloppy", "-w",
+                 str(tmp_path / "work"), "--nprocs", "1", "--skip-bids-validation",
+                 "--stop-on-first-crash"])
+    assert code == 1
+    assert not list((tmp_path / "out").glob("sub-*/anat/*space-MNI152NLin2009aSym_desc-preproc*"))
+
+
+def test_t1w_with_a_wrong_extension_is_not_selected(synthetic_bids, tmp_path):
+    """A 'T1w' that is not NIfTI (here .mgz) is never picked up: nothing selected, 18."""
+    ds = tmp_path / "ds"
+    shutil.copytree(synthetic_bids, ds)
+    for f in ds.glob("sub-*/anat/*_T1w.nii.gz"):
+        f.rename(f.with_name(f.name.replace(".nii.gz", ".mgz")))
+    code = main([str(ds), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                 "--skip-bids-validation"])
+    assert code == 18
+    assert not list((tmp_path / "out").rglob("*.nii.gz"))
