@@ -60,27 +60,29 @@ def _window(img: np.ndarray) -> tuple[float, float]:
 
 def mask_figure(t1w: Path, mask: Path) -> str:
     """Brain mask outline (red) on the bias-corrected T1w."""
+    img, msk = _load(t1w), _load(mask)
+    return _outlined_views(img, msk, _center(msk), "r")
+
+
+def _outlined_views(image: np.ndarray, outline: np.ndarray, center: tuple[int, int, int],
+                    color: str) -> str:
+    """Three orthogonal slices of ``image`` with the 0.5 contour of ``outline``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    img, msk = _load(t1w), _load(mask)
-    vmin, vmax = _window(img)
+    vmin, vmax = _window(image)
     fig, axes = plt.subplots(1, 3, figsize=(12, 4))
-    for ax, sl, ms in zip(axes, _views(img, _center(msk)), _views(msk, _center(msk))):
+    for ax, sl, ms in zip(axes, _views(image, center), _views(outline.astype(float), center)):
         ax.imshow(sl, cmap="gray", vmin=vmin, vmax=vmax)
-        ax.contour(ms, levels=[0.5], colors="r", linewidths=0.8)
+        ax.contour(ms, levels=[0.5], colors=color, linewidths=0.8)
         ax.axis("off")
     return _png(fig)
 
 
 def registration_figure(std_t1w: Path, template_brain: Path) -> str:
     """Template-space brain with the template's tissue outlines (yellow)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from scipy import ndimage as ndi
 
     img = nb.as_closest_canonical(nb.load(str(std_t1w)))
@@ -92,14 +94,7 @@ def registration_figure(std_t1w: Path, template_brain: Path) -> str:
                                     vox2vox[:3, 3], output_shape=data.shape, order=1)
     tpl_mask = tpl_data > np.percentile(tpl_data[tpl_data > 0], 30) if (tpl_data > 0).any() \
         else tpl_data > 0
-    vmin, vmax = _window(data)
-    center = _center(data > 0)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
-    for ax, sl, ms in zip(axes, _views(data, center), _views(tpl_mask.astype(float), center)):
-        ax.imshow(sl, cmap="gray", vmin=vmin, vmax=vmax)
-        ax.contour(ms, levels=[0.5], colors="y", linewidths=0.8)
-        ax.axis("off")
-    return _png(fig)
+    return _outlined_views(data, tpl_mask, _center(data > 0), "y")
 
 
 def harmonization_figure(std_t1w: Path, std_harmonized: Path) -> str:
