@@ -223,3 +223,20 @@ def test_train_config_switches_checkpointing_on_in_every_unet():
     flags = [m.gradient_checkpointing for m in loop.model.modules()
              if hasattr(m, "gradient_checkpointing")]
     assert len(flags) >= 2 and all(flags)
+
+
+@pytest.mark.parametrize("balance, expected_share", [(True, 0.5), (False, 0.1)])
+def test_paired_slices_balance_target_sites(balance, expected_share):
+    """Balanced: each target site gets the same share of batches, however many
+    anatomies carry it (here 9 anatomies at "big", 1 at "small")."""
+    from harmonize_bids.training.data import PairedSlices
+
+    vol = np.zeros((16, 16, 6), np.float32)
+    vol[2:14, 2:14, :] = 1.0
+    volumes = {f"a{i}": {"big": vol, "other": vol} for i in range(9)}
+    volumes["a9"] = {"small": vol, "other": vol}
+    data = PairedSlices(volumes, ["big", "small"], crop=(16, 16),
+                        balance_target_sites=balance)
+    batch = data.sample(2000, np.random.default_rng(0))
+    share_small = float((batch.target_site == 1).float().mean())
+    assert abs(share_small - expected_share) < 0.04, share_small

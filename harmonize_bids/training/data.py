@@ -13,6 +13,12 @@ brain is 1).  A batch pairs, for random anatomies and axial slices:
   of the model that this anatomy was seen at); ``target_site`` and
   ``source_site`` (index or -1) indices.
 
+With ``balance_target_sites`` (the default) the target site is drawn first,
+uniformly over the model's sites, then an anatomy seen there: every site gets
+the same share of training however many anatomies carry it (without it, a
+site with many participants, e.g. 30 real IXI brains beside 24 simulated
+anatomies shared by 3 sites, takes most of the batches).
+
 Traveling subjects (simulation) give true pairs.  A real dataset has one site
 per participant: its extra "sites" are protocol-shifted copies of the real
 image (:func:`add_shifted_copies`), so the model still learns to map many
@@ -57,8 +63,9 @@ class PairedSlices:
 
     def __init__(self, volumes: dict[str, dict[str, np.ndarray]], target_sites: list[str],
                  *, context_slices: int = 1, crop: tuple[int, int] = (64, 64),
-                 augment: float = 1.0):
+                 augment: float = 1.0, balance_target_sites: bool = True):
         self.volumes = volumes
+        self.balance_target_sites = balance_target_sites
         self.target_sites = list(target_sites)
         self.k = context_slices
         self.crop = crop
@@ -73,6 +80,19 @@ class PairedSlices:
             ref = next(iter(volumes[anat].values()))
             has_brain = np.nonzero((ref > 0).sum(axis=(0, 1)) > 50)[0]
             self.slices[anat] = has_brain[(has_brain >= self.k) & (has_brain < ref.shape[2] - self.k)]
+        #: anatomies seen at each target site
+        self.anatomies_at = {s: [a for a in self.anatomies if s in volumes[a]]
+                             for s in self.target_sites}
+
+    def _draw_anatomy_and_target(self, rng: np.random.Generator) -> tuple[str, str]:
+        if self.balance_target_sites:
+            sites = [s for s in self.target_sites if self.anatomies_at[s]]
+            s_tgt = sites[rng.integers(len(sites))]
+            here = self.anatomies_at[s_tgt]
+            return here[rng.integers(len(here))], s_tgt
+        anat = self.anatomies[rng.integers(len(self.anatomies))]
+        here = [s for s in self.target_sites if s in self.volumes[anat]]
+        return anat, here[rng.integers(len(here))]
 
     def _stack(self, vol: np.ndarray, z: int, x0: int, y0: int) -> np.ndarray:
         h, w = self.crop
@@ -84,15 +104,13 @@ class PairedSlices:
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
         src, alt, tgt, tsite, ssite = [], [], [], [], []
         for _ in range(batch_size):
-            anat = self.anatomies[rng.integers(len(self.anatomies))]
+            anat, s_tgt = self._draw_anatomy_and_target(rng)
             sites = sorted(self.volumes[anat])
             z = int(rng.choice(self.slices[anat]))
             shape = self.volumes[anat][sites[0]].shape
             x0 = int(rng.integers(0, max(1, shape[0] - self.crop[0] + 1)))
             y0 = int(rng.integers(0, max(1, shape[1] - self.crop[1] + 1)))
             s_src, s_alt = rng.choice(sites, 2, replace=len(sites) < 2)
-            here = [s for s in self.target_sites if s in self.volumes[anat]]
-            s_tgt = here[rng.integers(len(here))]
             src.append(augment_intensity(self._stack(self.volumes[anat][s_src], z, x0, y0), rng,
                                          self.augment))
             alt.append(augment_intensity(self._stack(self.volumes[anat][s_alt], z, x0, y0), rng,
