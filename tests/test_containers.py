@@ -72,7 +72,15 @@ def test_constraints_pin_everything_but_torch():
 
 def test_singularity_definition_passes_arguments_through():
     text = (REPO / "singularity.def").read_text()
-    assert re.search(r"^Bootstrap: docker-daemon", text, re.M)
+    # the source of the Docker image is a build argument, docker-daemon by default
+    assert re.search(r"^Bootstrap: \{\{ BOOTSTRAP \}\}$", text, re.M)
+    assert re.search(r"^From: \{\{ FROM \}\}$", text, re.M)
+    arguments = text.split("%arguments", 1)[1].split("\n%", 1)[0]
+    defaults = dict(line.strip().split("=", 1) for line in arguments.splitlines() if "=" in line)
+    assert defaults == {"BOOTSTRAP": "docker-daemon", "FROM": "harmonize_bids:latest",
+                        "VERSION": "unstable"}
+    used = set(re.findall(r"\{\{ (\w+) \}\}", text))
+    assert used <= set(defaults), used - set(defaults)
     assert 'exec harmonize_bids "$@"' in text
     for section in ("%environment", "%runscript", "%labels", "%help"):
         assert section in text
