@@ -43,6 +43,27 @@ def test_circleci_runs_the_app_read_only_and_networkless(circleci):
     assert "expected_outputs.txt" in text and "bids-validator-deno" in text
 
 
+def _validate_circleci(path: Path) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema",
+                           "vendor.circle-ci", str(path)], capture_output=True, text=True)
+
+
+def test_circleci_config_matches_circleci_schema(tmp_path):
+    """CircleCI's own JSON schema (vendored by check-jsonschema, offline)."""
+    pytest.importorskip("check_jsonschema")
+    config = REPO / ".circleci" / "config.yml"
+    result = _validate_circleci(config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # the check can fail: a job whose steps are not a list is rejected
+    broken = yaml.safe_load(config.read_text())
+    next(iter(broken["jobs"].values()))["steps"] = 5
+    (tmp_path / "config.yml").write_text(yaml.safe_dump(broken))
+    assert _validate_circleci(tmp_path / "config.yml").returncode != 0
+
+
 def test_expected_outputs_list_is_sorted_and_bids_named():
     lines = (REPO / ".circleci" / "expected_outputs.txt").read_text().splitlines()
     assert lines == sorted(lines) and len(lines) > 10
