@@ -9,12 +9,13 @@ import subprocess
 import nibabel as nb
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from harmonize_bids.simulate import artifacts
 from harmonize_bids.simulate.anatomy import deform, flip_left_right
 from harmonize_bids.simulate.dataset import make_traveling_dataset
 from harmonize_bids.simulate.protocols import PROTOCOLS, Protocol, get_protocol, random_protocol
-from harmonize_bids.simulate.render import load_anatomy, render
+from harmonize_bids.simulate.render import load_anatomy, render, render_clean
 from harmonize_bids.simulate.shift import shift_real_image
 from harmonize_bids.simulate.signal import ernst_angle, mprage_signal, spgr_signal
 from harmonize_bids.simulate.tissues import TISSUES, three_class_map
@@ -146,6 +147,28 @@ def test_render_coarser_grid():
     assert img.shape == (20, 24, 20)
     assert np.allclose(np.linalg.norm(img.affine[:3, :3], axis=0), 4.0)
 
+
+
+def test_texture_belongs_to_the_subject_not_the_scanner():
+    """Within-tissue texture has the same pattern under two protocols (same subject),
+    and another pattern for another subject; bias and noise stay the acquisition's."""
+    import dataclasses
+
+    def white_matter_texture(anatomy, protocol, seed):
+        quiet = dataclasses.replace(protocol, texture_std=0.1, bias_strength=0.0)
+        r = render_clean(anatomy, quiet, np.random.default_rng(seed), spacing_mm=2.0)
+        wm = (r.dseg == 3) & (ndi.binary_erosion(r.dseg == 3, iterations=1))
+        log = np.log(r.clean[wm])
+        return log - log.mean()
+
+    subject = dataclasses.replace(toy_labels(), texture_seed=1)
+    other = dataclasses.replace(toy_labels(), texture_seed=2)
+    a = white_matter_texture(subject, PROTOCOLS["siemens3tmprage"], 0)
+    b = white_matter_texture(subject, PROTOCOLS["ge15tspgr"], 1)
+    c = white_matter_texture(other, PROTOCOLS["ge15tspgr"], 1)
+    assert a.std() > 0.01
+    assert np.corrcoef(a, b)[0, 1] > 0.9
+    assert abs(np.corrcoef(a, c)[0, 1]) < 0.5
 
 # ---------------------------------------------------------------- anatomy
 def test_flip_swaps_hemispheres():

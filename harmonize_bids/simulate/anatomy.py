@@ -18,7 +18,8 @@ def flip_left_right(anatomy: Anatomy) -> Anatomy:
     for left, right in LR_PAIRS:
         swapped[labels == left] = right
         swapped[labels == right] = left
-    return Anatomy(swapped, anatomy.affine.copy(), anatomy.name + "-flip")
+    return Anatomy(swapped, anatomy.affine.copy(), anatomy.name + "-flip",
+                   anatomy.texture_seed)
 
 
 def deform(anatomy: Anatomy, rng: np.random.Generator, *, max_displacement_mm: float = 4.0,
@@ -46,4 +47,4 @@ def deform(anatomy: Anatomy, rng: np.random.Generator, *, max_displacement_mm: f
         coords[k] += disp * (max_displacement_mm / 3.0) / spacing[k]
     labels = ndi.map_coordinates(anatomy.labels, coords, order=0, mode="constant", cval=0)
     return Anatomy(labels.reshape(shape).astype(np.int16), anatomy.affine.copy(),
-                   anatomy.name + "-deformed")
+                   anatomy.name + "-deformed", anatomy.texture_seed)

@@ -18,6 +18,7 @@ the output does not depend on the order of work.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -48,7 +49,9 @@ def anatomies(label_files: Sequence[Path], n: int, seed: int,
         varied = augment or k >= len(label_files)
 
         def load(path=path, k=k, varied=varied) -> Anatomy:
-            anat = load_anatomy(path)
+            # every anatomy (variants included) is its own subject, with its own texture
+            anat = dataclasses.replace(load_anatomy(path),
+                                       texture_seed=int(np.random.default_rng([seed, k]).integers(2**31)))
             if varied:
                 rng = np.random.default_rng([seed, k, 7919])
                 if (k // len(label_files)) % 2 == 1 or rng.random() < 0.5:

@@ -5,6 +5,11 @@ equation, point spread, resampling, bias field) and returns a noise-free
 :class:`Rendering`; ``acquire`` adds Rician noise and the vendor's intensity
 mapping.  Calling ``acquire`` twice on one rendering gives a scan and its
 rescan (same session: only the thermal noise differs).
+
+The tissue *texture* (smooth variation of T1 and PD within a tissue) belongs to
+the subject, not to the scanner: its pattern comes from ``Anatomy.texture_seed``
+and is the same under every protocol (only its amplitude, ``texture_std``, is
+the protocol's).  The bias field and the noise are the acquisition's own.
 """
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ class Anatomy:
     labels: np.ndarray
     affine: np.ndarray
     name: str = "anatomy"
+    #: seeds the subject's tissue texture (the same pattern under every protocol)
+    texture_seed: int = 0
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -99,15 +106,26 @@ def output_grid(anatomy: Anatomy, spacing_mm: float) -> tuple[tuple[int, ...], n
     return shape, anatomy.affine @ sample, sample
 
 
+def tissue_texture(anatomy: Anatomy, correlation_mm: float = 4.0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-std smooth fields modulating T1 and PD: the subject's own microstructure,
+    drawn from ``anatomy.texture_seed`` (independent of the protocol and its stream)."""
+    rng = np.random.default_rng([int(anatomy.texture_seed), 104729])
+    corr = correlation_mm / min(anatomy.spacing)
+    shape = anatomy.labels.shape
+    return (artifacts.smooth_random_field(shape, rng, corr),
+            artifacts.smooth_random_field(shape, rng, corr))
+
+
 def render_clean(anatomy: Anatomy, protocol: Protocol, rng: np.random.Generator, *,
                  spacing_mm: float = 1.0) -> Rendering:
     """Physics of one acquisition, without noise (see module docstring)."""
     tissue_idx = tissue_index_map(anatomy.labels)
     t1, t2s, pd = parameter_maps(tissue_idx, protocol.field_strength)
     if protocol.texture_std > 0:
-        corr = 4.0 / min(anatomy.spacing)
-        t1 *= 1 + protocol.texture_std * artifacts.smooth_random_field(t1.shape, rng, corr)
-        pd *= 1 + protocol.texture_std * artifacts.smooth_random_field(pd.shape, rng, corr)
+        t1_texture, pd_texture = tissue_texture(anatomy)
+        t1 *= 1 + protocol.texture_std * t1_texture
+        pd *= 1 + protocol.texture_std * pd_texture
     signal = signal_equation(protocol, pd, t1, t2s)
     wm = tissue_idx == TISSUE_NAMES.index("wm")
     reference = float(np.median(signal[wm])) if wm.any() else float(np.percentile(signal, 99))
