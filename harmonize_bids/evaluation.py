@@ -67,6 +67,44 @@ def read_simulated_dataset(bids_dir: Path) -> list[SimulatedImage]:
     return images
 
 
+def bias_corrected_copy(bids_dir: Path, dest: Path, *, sloppy: bool = False,
+                        num_threads: int = 1,
+                        progress: Callable[[str], None] = lambda msg: None) -> Path:
+    """A copy of a simulated dataset whose T1w images (and rescans) are N4-corrected
+    with the participant level's own settings, as the app would see them.
+
+    The bias field is random per acquisition and the app removes it before it
+    harmonizes, so a fair truth is the target-site image after the same N4.
+    Masks and tissue maps are copied unchanged.  Written beside ``dest`` and
+    renamed into place when complete; an existing ``dest`` is returned as is.
+    """
+    import shutil
+
+    from harmonize_bids.interfaces.ants import n4_correct
+    from harmonize_bids.workflows.anatomical import AntsSettings
+
+    dest = Path(dest)
+    if dest.is_dir():
+        return dest
+    settings = AntsSettings.for_run(sloppy)
+    tmp = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(bids_dir, tmp)
+    try:
+        images = read_simulated_dataset(tmp)
+        for k, img in enumerate(images):
+            for path in (img.t1w, img.rescan):
+                if path is not None:
+                    n4_correct(path, path, grid_mm=settings.n4_grid_mm,
+                               iterations=settings.n4_iterations, num_threads=num_threads)
+            progress(f"[{k + 1}/{len(images)}] N4: sub-{img.participant}")
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
 def _load(path: Path) -> np.ndarray:
     return np.asarray(nb.load(str(path)).dataobj, dtype=np.float32)
 

@@ -6,7 +6,12 @@ import math
 import pytest
 
 from harmonize_bids.derivatives import init_derivatives, save_derivative
-from harmonize_bids.evaluation import evaluate, format_table, read_simulated_dataset
+from harmonize_bids.evaluation import (
+    bias_corrected_copy,
+    evaluate,
+    format_table,
+    read_simulated_dataset,
+)
 
 
 def test_reads_simulated_dataset(toy_dataset):
@@ -58,3 +63,27 @@ def test_evaluate_cli(toy_dataset, tmp_path, capsys):
     empty = tmp_path / "empty_derivs"
     empty.mkdir()
     assert main([str(toy_dataset), str(empty), "-q"]) == 66
+
+
+def test_bias_corrected_copy_flattens_bias_and_keeps_the_truth(toy_dataset, tmp_path):
+    """N4 as the participant level runs it: the white matter of a strongly biased
+    image gets flatter; masks and tissue maps are untouched; nothing half-written."""
+    import nibabel as nb
+    import numpy as np
+
+    out = bias_corrected_copy(toy_dataset, tmp_path / "n4", sloppy=True)
+    assert not (tmp_path / ".n4.partial").exists()
+    before, after = read_simulated_dataset(toy_dataset), read_simulated_dataset(out)
+    assert [i.participant for i in before] == [i.participant for i in after]
+
+    def wm_spread(img):
+        data = np.asarray(nb.load(img.t1w).dataobj, float)
+        wm = np.asarray(nb.load(img.dseg).dataobj) == 3
+        return data[wm].std() / data[wm].mean()
+
+    assert np.mean([wm_spread(a) for a in after]) < np.mean([wm_spread(b) for b in before])
+    for a, b in zip(after, before):
+        assert a.dseg.read_bytes() == b.dseg.read_bytes()
+        assert a.brain_mask.read_bytes() == b.brain_mask.read_bytes()
+        assert a.t1w.read_bytes() != b.t1w.read_bytes() and a.rescan is not None
+    assert bias_corrected_copy(toy_dataset, out) == out  # already there: reused
