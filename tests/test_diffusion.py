@@ -240,3 +240,57 @@ def test_paired_slices_balance_target_sites(balance, expected_share):
     batch = data.sample(2000, np.random.default_rng(0))
     share_small = float((batch.target_site == 1).float().mean())
     assert abs(share_small - expected_share) < 0.04, share_small
+
+
+def test_loss_weight_caps_the_clean_image_weight():
+    """v-loss weighs the x0 error by 1 + SNR; the cap keeps noisy steps at weight 1
+    and scales nearly clean ones down to ``max_weight / (1 + SNR)``."""
+    from harmonize_bids.diffusion.schedule import loss_weight
+
+    ab = torch.tensor([0.01, 0.5, 0.8, 0.99])          # SNR 0.0101, 1, 4, 99
+    assert torch.allclose(loss_weight(ab, "v", 5.0), torch.tensor([1.0, 1.0, 1.0, 0.05]))
+    assert torch.allclose(loss_weight(ab, "v", None), torch.ones(4))
+    # the x0 error weight is the same whatever the parameterization
+    snr = ab / (1 - ab)
+    for pred, native in (("x0", torch.ones(4)), ("v", 1 + snr), ("eps", snr)):
+        assert torch.allclose(loss_weight(ab, pred, 5.0) * native, (1 + snr).clamp(max=5.0))
+
+
+def test_training_loss_uses_the_weights():
+    from harmonize_bids.training.data import Batch
+    from harmonize_bids.training.loop import TrainConfig, training_losses
+
+    model = tiny_model().eval()
+    g = torch.Generator().manual_seed(0)
+    batch = Batch(torch.rand(2, 3, 8, 8, generator=g), torch.rand(2, 3, 8, 8, generator=g),
+                  torch.rand(2, 1, 8, 8, generator=g), torch.tensor([0, 1]), torch.tensor([0, 1]))
+    t, noise = torch.tensor([5, 900]), torch.randn(2, 1, 8, 8, generator=g)
+    sched = model.schedule()
+    with torch.no_grad():
+        plain = training_losses(model, sched, batch, t, noise,
+                                TrainConfig(max_loss_weight=None))["diffusion"]
+        capped = training_losses(model, sched, batch, t, noise,
+                                 TrainConfig(max_loss_weight=5.0))["diffusion"]
+    # t = 5 is nearly clean (1 + SNR >> 5): it is down-weighted, so the loss drops
+    assert float(capped) < float(plain)
+
+
+def test_bf16_only_where_the_cpu_has_it():
+    from harmonize_bids.training.loop import fast_bf16_on_cpu, use_bf16
+
+    assert not fast_bf16_on_cpu({"avx2", "fma", "avx512f"})
+    assert fast_bf16_on_cpu({"avx2", "avx512_bf16"}) and fast_bf16_on_cpu({"amx_bf16"})
+    assert use_bf16("cpu") == fast_bf16_on_cpu()
+    assert not use_bf16("cuda") or torch.cuda.is_available()
+
+
+def test_residual_bias_is_smooth_bounded_and_seeded():
+    from harmonize_bids.training.data import residual_bias
+
+    field = residual_bias((64, 48), np.random.default_rng(3), 0.05)
+    assert field.shape == (64, 48) and field.dtype == np.float32
+    log = np.log(field)
+    assert abs(log.mean()) < 1e-3 and log.std() <= 0.05 + 1e-6
+    assert np.abs(np.diff(log, axis=0)).max() < 0.01          # smooth
+    assert np.array_equal(field, residual_bias((64, 48), np.random.default_rng(3), 0.05))
+    assert np.all(residual_bias((8, 8), np.random.default_rng(0), 0.0) == 1.0)

@@ -75,6 +75,28 @@ class NoiseSchedule:
         raise ValueError(f"unknown prediction type {prediction!r}")
 
 
+def loss_weight(ab, prediction: Prediction, max_weight: float | None = 5.0):
+    """Per-sample weight of the MSE of a ``prediction`` so that the clean-image error
+    counts ``min(1 + SNR, max_weight)`` times (SNR = ab / (1 - ab)).
+
+    Plain v-prediction weighs the clean-image error by ``1 + SNR``, which spends most
+    of the gradient on nearly clean inputs (the easy denoising); capping it (after
+    Hang et al. 2023, "Min-SNR weighting") moves the effort to the noisy steps, where
+    the site and the anatomical condition decide the image.  ``None`` -> plain loss.
+
+    >>> [round(float(loss_weight(ab, "v", 5.0)), 4) for ab in (0.5, 0.9, 0.99)]
+    [1.0, 0.5, 0.05]
+    >>> round(float(loss_weight(0.9, "x0", 5.0)), 4), round(float(loss_weight(0.9, "eps", 5.0)), 4)
+    (5.0, 0.5556)
+    """
+    snr = ab / (1 - ab)
+    native = {"x0": 1 + 0 * snr, "v": 1 + snr, "eps": snr}[prediction]  # x0-error weight
+    if max_weight is None:
+        return native / native
+    capped = (1 + snr).clip(max=max_weight) if hasattr(snr, "clip") else min(1 + snr, max_weight)
+    return capped / native
+
+
 def respace(num_steps: int, sample_steps: int, strength: float = 1.0) -> list[int]:
     """Timesteps kept for skip sampling, descending, evenly spaced.
 

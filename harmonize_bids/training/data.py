@@ -6,7 +6,8 @@ brain is 1).  A batch pairs, for random anatomies and axial slices:
 
 - ``source`` ``[B x (2k+1) x H x W]``: the slice and its k neighbours on each
   side at a random source site (any site, including sites the model does not
-  learn as targets: randomized protocols for invariance), intensity-augmented;
+  learn as targets: randomized protocols for invariance), intensity-augmented
+  and with a small random bias field (what N4 leaves behind);
 - ``source_alt``: the same slices at another random site (for the
   condition-consistency loss);
 - ``target`` ``[B x 1 x H x W]``: the slice at a random *target* site (a site
@@ -58,13 +59,28 @@ def augment_intensity(x: np.ndarray, rng: np.random.Generator, strength: float =
     return np.where(inside, gain * np.clip(x, 0, None) ** gamma, 0).astype(np.float32)
 
 
+def residual_bias(shape: tuple[int, int], rng: np.random.Generator, max_strength: float
+                  ) -> np.ndarray:
+    """A smooth multiplicative field ``exp(s f)`` over a slice, ``s ~ U(0, max_strength)``,
+    ``f`` a unit-std cubic interpolation of a 3x3 grid: the bias N4 leaves behind."""
+    from scipy import ndimage as ndi
+
+    strength = float(rng.uniform(0, max_strength))
+    coarse = rng.standard_normal((3, 3))
+    field = ndi.zoom(coarse, [n / 3 for n in shape], order=3)[:shape[0], :shape[1]]
+    field = (field - field.mean()) / (field.std() + 1e-12)
+    return np.exp(strength * field).astype(np.float32)
+
+
 class PairedSlices:
     """Random paired batches from in-memory volumes (see module docstring)."""
 
     def __init__(self, volumes: dict[str, dict[str, np.ndarray]], target_sites: list[str],
                  *, context_slices: int = 1, crop: tuple[int, int] = (64, 64),
-                 augment: float = 1.0, balance_target_sites: bool = True):
+                 augment: float = 1.0, balance_target_sites: bool = True,
+                 residual_bias: float = 0.05):
         self.volumes = volumes
+        self.residual_bias = residual_bias
         self.balance_target_sites = balance_target_sites
         self.target_sites = list(target_sites)
         self.k = context_slices
@@ -101,6 +117,14 @@ class PairedSlices:
         out[:sl.shape[0], :sl.shape[1]] = sl
         return np.moveaxis(out, -1, 0)
 
+    def _source(self, vol: np.ndarray, z: int, x0: int, y0: int, rng: np.random.Generator
+                ) -> np.ndarray:
+        """A source stack: intensity-augmented, with a random residual bias."""
+        stack = augment_intensity(self._stack(vol, z, x0, y0), rng, self.augment)
+        if self.residual_bias > 0:
+            stack = stack * residual_bias(stack.shape[1:], rng, self.residual_bias)
+        return stack
+
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
         src, alt, tgt, tsite, ssite = [], [], [], [], []
         for _ in range(batch_size):
@@ -111,10 +135,8 @@ class PairedSlices:
             x0 = int(rng.integers(0, max(1, shape[0] - self.crop[0] + 1)))
             y0 = int(rng.integers(0, max(1, shape[1] - self.crop[1] + 1)))
             s_src, s_alt = rng.choice(sites, 2, replace=len(sites) < 2)
-            src.append(augment_intensity(self._stack(self.volumes[anat][s_src], z, x0, y0), rng,
-                                         self.augment))
-            alt.append(augment_intensity(self._stack(self.volumes[anat][s_alt], z, x0, y0), rng,
-                                         self.augment))
+            src.append(self._source(self.volumes[anat][s_src], z, x0, y0, rng))
+            alt.append(self._source(self.volumes[anat][s_alt], z, x0, y0, rng))
             tgt.append(self._stack(self.volumes[anat][s_tgt], z, x0, y0)[self.k:self.k + 1])
             tsite.append(self.target_sites.index(s_tgt))
             ssite.append(self.target_sites.index(s_src) if s_src in self.target_sites else -1)
@@ -144,13 +166,20 @@ def add_shifted_copies(volumes: dict[str, dict[str, np.ndarray]], masks: dict[st
                        n_copies: int, rng: np.random.Generator,
                        spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)) -> None:
     """Add ``n_copies`` randomly protocol-shifted copies of each anatomy's first image
-    (sites ``shifted0``, ``shifted1``, ...: sources only, never targets)."""
+    (sites ``shifted0``, ``shifted1``, ...: sources only, never targets).
+
+    The copies get no bias field of their own: like the real images (N4-corrected
+    by the participant level) they stand for bias-corrected scans, and
+    :class:`PairedSlices` adds the small residual bias N4 leaves.
+    """
+    import dataclasses
+
     from harmonize_bids.simulate.protocols import random_protocol
     from harmonize_bids.simulate.shift import shift_real_image
 
     for anat, by_site in volumes.items():
         real = next(iter(by_site.values()))
         for k in range(n_copies):
-            protocol = random_protocol(rng, f"shifted{k}")
+            protocol = dataclasses.replace(random_protocol(rng, f"shifted{k}"), bias_strength=0.0)
             shifted = shift_real_image(real, masks[anat], protocol, rng, spacing_mm=spacing_mm)
             by_site[f"shifted{k}"] = normalize_brain(shifted.astype(np.float32), masks[anat])

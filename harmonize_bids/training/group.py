@@ -118,7 +118,13 @@ def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path
     from harmonize_bids.diffusion.model import HarmonizationModel, ModelConfig
     from harmonize_bids.interfaces.harmonize import resolve_device
     from harmonize_bids.training.data import PairedSlices, add_shifted_copies
-    from harmonize_bids.training.loop import TrainConfig, TrainLoop, load_state, save_state
+    from harmonize_bids.training.loop import (
+        TrainConfig,
+        TrainLoop,
+        load_state,
+        save_state,
+        use_bf16,
+    )
 
     torch.set_num_threads(max(1, options.num_threads))
     torch.manual_seed(options.seed)
@@ -136,8 +142,8 @@ def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path
                         crop=(options.patch_size, options.patch_size))
     device = resolve_device(options.device)
     model = HarmonizationModel(config)
-    # bf16 mixed precision: autocast on CPUs, and on GPUs that support bf16 (A100, H100)
-    bf16 = device == "cpu" or (device == "cuda" and torch.cuda.is_bf16_supported())
+    # bf16 mixed precision where it is fast (GPUs that support it, CPUs with native bf16)
+    bf16 = use_bf16(device)
     train_config = TrainConfig(steps=options.train_steps, batch_size=options.batch_size,
                                lr=options.learning_rate, seed=options.seed, bf16=bf16,
                                log_every=50,

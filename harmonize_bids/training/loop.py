@@ -1,7 +1,9 @@
 """Losses and the training loop (collaborators passed in, small methods).
 
 Loss = diffusion loss (MSE of the v/eps/x0 prediction of the *target-site*
-slice, conditioned on the *source-site* condition)
+slice, conditioned on the *source-site* condition; each sample weighted by
+:func:`~harmonize_bids.diffusion.schedule.loss_weight`, so nearly clean inputs
+do not take most of the gradient)
 + ``consistency_weight`` * MSE(c(source), c(same anatomy at another site))
 + ``adversary_weight`` * cross-entropy of a site classifier on c, whose
 gradient is reversed into the encoder (so c stops carrying the site).
@@ -18,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from harmonize_bids.diffusion.model import HarmonizationModel
-from harmonize_bids.diffusion.schedule import NoiseSchedule
+from harmonize_bids.diffusion.schedule import NoiseSchedule, loss_weight
 from harmonize_bids.training.data import Batch
 
 
@@ -37,6 +39,8 @@ class TrainConfig:
     bf16: bool = False
     #: gradient checkpointing in the denoiser and condition UNets (saves memory)
     gradient_checkpointing: bool = False
+    #: cap of the clean-image error weight (1 + SNR) of the diffusion loss; None: plain
+    max_loss_weight: float | None = 5.0
 
 
 class UniformTimesteps:
@@ -61,7 +65,9 @@ def training_losses(model: HarmonizationModel, schedule: NoiseSchedule, batch: B
     pred = model.config.prediction
     target = {"eps": noise, "x0": batch.target,
               "v": NoiseSchedule.v_target(batch.target, noise, ab)}[pred]
-    losses = {"diffusion": F.mse_loss(out, target)}
+    weight = loss_weight(ab.flatten(), pred, config.max_loss_weight)
+    per_sample = ((out.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
+    losses = {"diffusion": (weight * per_sample).mean()}
     if config.consistency_weight:
         cond_alt = model.encode(batch.source_alt, generator)
         losses["consistency"] = F.mse_loss(cond, cond_alt)
@@ -73,6 +79,30 @@ def training_losses(model: HarmonizationModel, schedule: NoiseSchedule, batch: B
                       + config.consistency_weight * losses.get("consistency", 0.0)
                       + config.adversary_weight * losses.get("adversary", 0.0))
     return losses
+
+
+def fast_bf16_on_cpu(cpu_flags: set[str] | None = None) -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX).
+
+    Elsewhere bf16 autocast is emulated and far slower than float32 (measured on
+    an AVX2-only AMD EPYC: a UNet step 2.2 s in float32, 30 s in bf16).
+    ``cpu_flags`` defaults to the flags of ``/proc/cpuinfo``.
+    """
+    if cpu_flags is None:
+        try:
+            text = open("/proc/cpuinfo").read()
+        except OSError:
+            return False
+        cpu_flags = {f for line in text.splitlines() if line.startswith("flags")
+                     for f in line.split(":", 1)[1].split()}
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags)
+
+
+def use_bf16(device: str) -> bool:
+    """bf16 autocast where it is fast: GPUs that support it, CPUs with native bf16."""
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device == "cpu" and fast_bf16_on_cpu()
 
 
 def distributed_rank_and_size() -> tuple[int, int]:
