@@ -21,9 +21,9 @@ B. **Real texture, unseen scanners -> ixi-hh**: held-out IXI Hammersmith brains
 Methods: no harmonization; intensity-normalization's Nyúl (standard scale learned
 from the target site's other held-out images), WhiteStripe and z-score (mapped
 onto a target-site reference); ANTs histogram matching to a target-site
-reference (another held-out anatomy); ours at each ``--steps``.
+reference (another held-out anatomy); ours at each ``--steps`` x ``--stop-at``.
 
-    python benchmarks/quality_vs_peers.py --steps 5 10 25 --out-dir /tmp/hb_quality
+    python benchmarks/quality_vs_peers.py --steps 10 --stop-at 0 0.3 --out-dir /tmp/hb_quality
 """
 from __future__ import annotations
 
@@ -70,12 +70,15 @@ def load(path: Path) -> np.ndarray:
     return np.asarray(nb.load(path).dataobj, np.float32)
 
 
-def simulated_track(model, card, targets, steps_list, out: Path, n_test: int,
+def ours_name(sampler) -> str:
+    return f"ours (S={sampler.steps}" + (f", stop {sampler.stop:g})" if sampler.stop else ")")
+
+
+def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
                     threads: int = 1) -> list:
     from harmonize_bids.derivatives import init_derivatives
     from harmonize_bids.diffusion.volume import harmonize_volume
     from harmonize_bids.evaluation import bias_corrected_copy, evaluate, read_simulated_dataset
-    from harmonize_bids.postprocess import transfer_detail
     from harmonize_bids.simulate.dataset import make_traveling_dataset
     from harmonize_bids.simulate.protocols import PROTOCOLS
 
@@ -121,30 +124,24 @@ def simulated_track(model, card, targets, steps_list, out: Path, n_test: int,
             merged = merge_results(merged, evaluate(test_ds, deriv))
         tables.append((name, merged, (time.monotonic() - t0) / n))
         log(f"{name} done")
-    for steps in steps_list:
-        merged, detailed, t0, n = None, None, time.monotonic(), 0
+    for sampler in samplers:
+        merged, t0, n = None, time.monotonic(), 0
         for target in targets:
-            deriv = out / f"ours_s{steps}_{target}"
-            deriv_d = out / f"ours_detail_s{steps}_{target}"
+            deriv = out / f"ours_s{sampler.steps}_stop{sampler.stop:g}_{target}"
             init_derivatives(deriv, test_ds)
-            init_derivatives(deriv_d, test_ds)
             for img in images:
                 if img.site == target:
                     continue
                 src, mask = vols[img.anatomy][img.site], masks[img.anatomy]
                 res = harmonize_volume(model, src, mask, model.config.site_index(target),
-                                       steps=steps, seed=0)
-                meta = {"TargetSite": target, "SourceSite": img.site, "Steps": steps}
+                                       sampler, seed=0)
+                meta = {"TargetSite": target, "SourceSite": img.site, **sampler.metadata()}
                 save_harmonized(deriv, img, to_native(res, img.t1w), meta)
-                save_harmonized(deriv_d, img, to_native(transfer_detail(res, src, mask), img.t1w),
-                                meta)
                 n += 1
             merged = merge_results(merged, evaluate(test_ds, deriv))
-            detailed = merge_results(detailed, evaluate(test_ds, deriv_d))
         sec = (time.monotonic() - t0) / n
-        tables.append((f"ours (S={steps})", merged, sec))
-        tables.append((f"ours (S={steps}) + source detail", detailed, sec))
-        log(f"ours S={steps}: {sec:.1f} s per volume")
+        tables.append((ours_name(sampler), merged, sec))
+        log(f"{ours_name(sampler)}: {sec:.1f} s per volume")
     return tables, held_out
 
 
@@ -163,11 +160,11 @@ def n4_array(image: np.ndarray, voxel_mm: float) -> np.ndarray:
         return load(path)
 
 
-def ixi_track(model, card, ixi_derivatives: Path, steps: int, n_shifts: int) -> tuple[str, list]:
+def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int
+              ) -> tuple[str, list]:
     """Real held-out IXI brains, re-rendered by unseen random protocols, back to ixi-hh."""
     from harmonize_bids import metrics
     from harmonize_bids.diffusion.volume import harmonize_volume
-    from harmonize_bids.postprocess import transfer_detail
     from harmonize_bids.simulate.protocols import random_protocol
     from harmonize_bids.simulate.shift import shift_real_image
     from harmonize_bids.training.data import normalize_brain
@@ -183,8 +180,8 @@ def ixi_track(model, card, ixi_derivatives: Path, steps: int, n_shifts: int) -> 
     volumes, masks, used = load_training_volumes(records, ixi_derivatives, model.config.voxel_mm)
     rng = np.random.default_rng(90210)  # never used in training
     site = model.config.site_index("ixi-hh")
-    rows = {name: [] for name in ["no harmonization", *peer_methods(), f"ours (S={steps})",
-                                  f"ours (S={steps}) + source detail"]}
+    rows = {name: [] for name in ["no harmonization", *peer_methods(),
+                                  *(ours_name(sm) for sm in samplers)]}
     times = {name: 0.0 for name in rows}
     for i, sub in enumerate(used):
         truth, mask = volumes[sub]["ixi-hh"], masks[sub]
@@ -199,14 +196,9 @@ def ixi_track(model, card, ixi_derivatives: Path, steps: int, n_shifts: int) -> 
             for name, fn in peer_methods().items():
                 candidates[name] = (lambda fn=fn, name=name: fn(
                     src, mask, others if name.startswith("Nyul") else others[i % len(others):][:1]))
-            ours = {}
-
-            def run_ours():
-                ours["out"] = harmonize_volume(model, src, mask, site, steps=steps, seed=0)
-                return ours["out"]
-            candidates[f"ours (S={steps})"] = run_ours
-            candidates[f"ours (S={steps}) + source detail"] = \
-                lambda: transfer_detail(ours["out"], src, mask)
+            for sm in samplers:
+                candidates[ours_name(sm)] = (lambda sm=sm: harmonize_volume(
+                    model, src, mask, site, sm, seed=0))
             for name, run in candidates.items():
                 t0 = time.monotonic()
                 out = run()
@@ -243,9 +235,15 @@ def summary(tables: list) -> str:
                        for k in res["pairs"]) for m in ("ssim", "psnr")}
         dice_ok = sum(res["pairs"][k]["tissue_dice"] >= tables[0][1]["pairs"][k]["tissue_dice"]
                       for k in res["pairs"])
+        targets = sorted(res["site_predictability"])
+        pred_ok = sum(res["site_predictability"][t] <= min(p[1]["site_predictability"][t]
+                                                          for p in peers[1:])
+                      for t in targets)
         lines.append(f"\n{name}: beats every peer (and no harmonization) on SSIM in "
                      f"{wins['ssim']}/{len(res['pairs'])} pairs, on PSNR in "
-                     f"{wins['psnr']}/{len(res['pairs'])}; tissue Dice >= no harmonization in "
+                     f"{wins['psnr']}/{len(res['pairs'])}; site predictability <= every "
+                     f"peer's for {pred_ok}/{len(targets)} targets; tissue Dice >= no "
+                     "harmonization in "
                      f"{dice_ok}/{len(res['pairs'])}")
     return "\n".join(lines)
 
@@ -254,12 +252,15 @@ def main() -> None:
     import torch
 
     from harmonize_bids.diffusion.checkpoint import bundled_model, file_sha256, load_model
+    from harmonize_bids.diffusion.schedule import SamplerSettings
     from harmonize_bids.evaluation import format_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
     parser.add_argument("--steps", type=int, nargs="+", default=[10])
+    parser.add_argument("--stop-at", type=float, nargs="+", default=[0.0],
+                        help="sampler stops (SamplerSettings.stop); every steps x stop is run")
     parser.add_argument("--targets", nargs="+", default=["siemens3tmprage", "ge15tspgr"])
     parser.add_argument("--n-test", type=int, default=4, help="held-out anatomies")
     parser.add_argument("--ixi-derivatives", type=Path,
@@ -277,9 +278,10 @@ def main() -> None:
     model, card = load_model(model_file)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    tables, held_out = simulated_track(model, card, args.targets, args.steps, args.out_dir,
+    samplers = [SamplerSettings(steps=st, stop=sp) for st in args.steps for sp in args.stop_at]
+    tables, held_out = simulated_track(model, card, args.targets, samplers, args.out_dir,
                                        args.n_test, args.threads)
-    ixi_text, ixi_used = ixi_track(model, card, args.ixi_derivatives, args.steps[0],
+    ixi_text, ixi_used = ixi_track(model, card, args.ixi_derivatives, samplers,
                                    args.ixi_shifts)
     lines = [
         "# Quality vs. peers, on data the model never trained on", "",

@@ -31,6 +31,7 @@ from pathlib import Path
 CHILD_A = r"""
 import json, sys, time, numpy as np, torch, nibabel as nb
 from harmonize_bids.diffusion.checkpoint import bundled_model, load_model
+from harmonize_bids.diffusion.schedule import SamplerSettings
 from harmonize_bids.diffusion.volume import harmonize_volume
 from harmonize_bids.training.data import normalize_brain
 from harmonize_bids.simulate.render import load_anatomy, render_clean, acquire
@@ -50,11 +51,11 @@ mask = ndi.zoom(is_brain_label(anat.labels).astype(np.float32),
                 np.array(img.shape) / np.array(anat.labels.shape), order=1) > 0.5
 vol = normalize_brain(img, mask)
 n_slices = int((mask.sum(axis=(0, 1)) > 0).sum())
-harmonize_volume(model, vol, mask, 0, steps=1, device=device)  # warm-up
+harmonize_volume(model, vol, mask, 0, SamplerSettings(steps=1), device=device)  # warm-up
 if device == "cuda": torch.cuda.synchronize()
 t0 = time.perf_counter()
-harmonize_volume(model, vol, mask, model.config.site_index("siemens3tmprage"), steps=steps,
-                 device=device)
+harmonize_volume(model, vol, mask, model.config.site_index("siemens3tmprage"),
+                 SamplerSettings(steps=steps), device=device)
 if device == "cuda": torch.cuda.synchronize()
 sec = time.perf_counter() - t0
 print(json.dumps({"seconds": sec, "slices": n_slices, "shape": list(vol.shape)}))

@@ -92,6 +92,7 @@ def main() -> None:
     from harmonize_bids.derivatives import init_derivatives
     from harmonize_bids.diffusion.checkpoint import load_model, save_model
     from harmonize_bids.diffusion.model import HarmonizationModel, ModelConfig
+    from harmonize_bids.diffusion.schedule import SamplerSettings
     from harmonize_bids.diffusion.volume import harmonize_volume
     from harmonize_bids.evaluation import evaluate, format_table, read_simulated_dataset
     from harmonize_bids.peers import histogram_match
@@ -185,7 +186,8 @@ def main() -> None:
                     continue
                 res = harmonize_volume(ema, test_vols[img.anatomy][img.site],
                                        test_masks[img.anatomy], config.site_index(target),
-                                       steps=steps, strength=args.strength, seed=0)
+                                       SamplerSettings(steps=steps, strength=args.strength),
+                                       seed=0)
                 save_harmonized(deriv, img, to_native(res, img.t1w), {
                     "TargetSite": target, "SourceSite": img.site, "Steps": steps})
                 n_vol += 1

@@ -43,6 +43,7 @@ class Settings:
     device: Device = "auto"
     steps: int = 10
     strength: float = 1.0
+    stop_at: float = 0.0
     train_steps: int = 2000
     batch_size: int = 12
     patch_size: int = 64
@@ -52,6 +53,12 @@ class Settings:
     sloppy: bool = False
     verbose: int = 0
     stop_on_first_crash: bool = False
+
+    def sampler(self):
+        """The skip sampler's settings (:class:`~harmonize_bids.diffusion.schedule.SamplerSettings`)."""
+        from harmonize_bids.diffusion.schedule import SamplerSettings
+
+        return SamplerSettings(steps=self.steps, strength=self.strength, stop=self.stop_at)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, TOML-serializable view (paths as strings, None dropped)."""

@@ -10,7 +10,7 @@ import torch
 from harmonize_bids.diffusion.checkpoint import ModelFileError, load_model, read_config, save_model
 from harmonize_bids.diffusion.condition import GradientReversal
 from harmonize_bids.diffusion.model import HarmonizationModel, ModelConfig
-from harmonize_bids.diffusion.sampler import harmonize_slices
+from harmonize_bids.diffusion.sampler import SamplerSettings, harmonize_slices
 from harmonize_bids.diffusion.schedule import (
     NoiseSchedule,
     cosine_betas,
@@ -60,8 +60,11 @@ def test_respacing_indices():
     assert respace(1000, 10)[:3] == [999, 888, 777]
     assert respace(1000, 4, strength=0.3) == [300, 200, 100, 0]
     assert respace(1000, 1) == [999]
+    assert respace(1000, 4, stop=0.3) == [999, 766, 533, 300]
+    assert respace(1000, 3, strength=0.5, stop=0.2) == [500, 350, 200]
     assert respace(10, 10) == list(range(9, -1, -1))
-    for bad in [dict(sample_steps=0), dict(sample_steps=1001), dict(sample_steps=5, strength=0)]:
+    for bad in [dict(sample_steps=0), dict(sample_steps=1001), dict(sample_steps=5, strength=0),
+                dict(sample_steps=5, stop=1.0), dict(sample_steps=5, strength=0.4, stop=0.4)]:
         with pytest.raises(ValueError):
             respace(1000, **bad)
 
@@ -106,11 +109,13 @@ class _Oracle(HarmonizationModel):
         return NoiseSchedule.v_target(self.clean, eps, ab)
 
 
-@pytest.mark.parametrize("steps,strength", [(10, 1.0), (3, 0.5), (1, 1.0)])
-def test_sampler_with_perfect_predictions_returns_the_clean_image(steps, strength):
+@pytest.mark.parametrize("steps,strength,stop", [(10, 1.0, 0.0), (3, 0.5, 0.0), (1, 1.0, 0.0),
+                                                 (4, 1.0, 0.3), (2, 0.6, 0.5)])
+def test_sampler_with_perfect_predictions_returns_the_clean_image(steps, strength, stop):
     model = _Oracle(ModelConfig(sites=("a",), **TINY))
     model.clean = torch.rand(2, 1, 16, 16)
-    out = harmonize_slices(model, torch.rand(2, 3, 16, 16), 0, steps=steps, strength=strength,
+    out = harmonize_slices(model, torch.rand(2, 3, 16, 16), 0,
+                           SamplerSettings(steps=steps, strength=strength, stop=stop),
                            generator=torch.Generator().manual_seed(0))
     assert torch.allclose(out, model.clean, atol=1e-4)
 
@@ -119,12 +124,13 @@ def test_sampler_is_deterministic_pads_and_shares_noise():
     model = tiny_model()
     src = torch.rand(4, 3, 18, 22)   # not a multiple of 2: padded inside
     run = lambda seed, **kw: harmonize_slices(  # noqa: E731
-        model, src, 1, steps=4, generator=torch.Generator().manual_seed(seed), **kw)
+        model, src, 1, SamplerSettings(steps=4), generator=torch.Generator().manual_seed(seed),
+        **kw)
     a, b, c = run(1), run(1), run(2)
     assert a.shape == (4, 1, 18, 22)
     assert torch.equal(a, b) and not torch.equal(a, c)
     # identical source slices + shared initial noise => identical outputs
-    same = harmonize_slices(model, src[:1].repeat(3, 1, 1, 1), 0, steps=3,
+    same = harmonize_slices(model, src[:1].repeat(3, 1, 1, 1), 0, SamplerSettings(steps=3),
                             generator=torch.Generator().manual_seed(0))
     assert torch.allclose(same[0], same[2])
 

@@ -18,7 +18,7 @@ def test_help_lists_every_option(capsys):
     for opt in ("--participant-label", "--session-label", "--bids-filter-file",
                 "--skip-bids-validation", "--work-dir", "--nprocs", "--omp-nthreads",
                 "--mem-mb", "--random-seed", "--target-site", "--model", "--device",
-                "--sloppy", "--verbose", "--version", "--steps", "--strength",
+                "--sloppy", "--verbose", "--version", "--steps", "--strength", "--stop-at",
                 "--model-info", "(default:"):
         assert opt in text
 
@@ -38,6 +38,7 @@ def test_version_exits_zero(capsys):
     ["bids", "out", "participant", "--nprocs", "0"],
     ["bids", "out", "participant", "--device", "tpu"],
     ["bids", "out", "participant", "--no-such-option"],
+    ["bids", "out", "participant", "--stop-at", "1"],
 ])
 def test_usage_errors_exit_64(argv, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -70,6 +71,9 @@ def test_settings_roundtrip_toml(tmp_path):
     path = s.to_filename(tmp_path / "w" / "config.toml")
     assert "random_seed = 42" in path.read_text()
     assert Settings.from_filename(path) == s
+    s = parse_args([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"),
+                    "--steps", "6", "--stop-at", "0.3"])
+    assert s.sampler().timesteps(1000) == [999, 859, 719, 580, 440, 300]
 
 
 @pytest.mark.parametrize("label", ["../../etc", "sub-01/..", "a b", "01;rm"])
@@ -85,6 +89,15 @@ def test_output_equal_to_input_is_refused(tmp_path):
     with pytest.raises(UsageError):
         parse_args([str(tmp_path / "bids"), str(tmp_path / "bids"), "participant"])
     assert main([str(tmp_path / "bids"), str(tmp_path / "bids"), "participant"]) == 64
+
+
+def test_stop_at_must_be_below_strength(tmp_path):
+    (tmp_path / "bids").mkdir()
+    argv = [str(tmp_path / "bids"), str(tmp_path / "out"), "participant",
+            "--stop-at", "0.5", "--strength", "0.4"]
+    with pytest.raises(UsageError, match="--stop-at"):
+        parse_args(argv)
+    assert main(argv) == 64
 
 
 def test_work_dir_inside_input_is_refused(tmp_path):

@@ -37,6 +37,13 @@ def _strength(value: str) -> float:
     return number
 
 
+def _stop_at(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return number
+
+
 def version_text() -> str:
     """``harmonize_bids X.Y`` plus the container build (flavour, commit, date) if any."""
     build = os.environ.get("HARMONIZE_BIDS_BUILD")
@@ -105,6 +112,12 @@ def _build_parser() -> argparse.ArgumentParser:
     model.add_argument("--strength", type=_strength, default=1.0,
                        help="1: start from pure noise; <1: start from the noised source "
                             "(keeps more of the source, fewer noise levels to cross)")
+    model.add_argument("--stop-at", type=_stop_at, default=0.0, metavar="FRACTION",
+                       help="end the chain at this fraction of the noise schedule and return "
+                            "the model's clean-image estimate there: 0 draws a full sample "
+                            "(thermal-noise texture included); larger values average out what "
+                            "the source cannot predict (smoother, closer to the truth on "
+                            "average); must be below --strength")
     model.add_argument("--model-info", action="store_true",
                        help="print the model card of --model (or the bundled model) as JSON "
                             "and exit")
@@ -184,6 +197,9 @@ def _check(opts: argparse.Namespace) -> Settings:
                          "directory (the input is never written to).")
     if work_dir.resolve() == output_dir.resolve():
         raise UsageError("The work directory must not be the output directory.")
+    if opts.stop_at >= opts.strength:
+        raise UsageError(f"--stop-at {opts.stop_at:g} must be below --strength "
+                         f"{opts.strength:g} (the chain runs from strength down to stop-at).")
     if opts.model is not None and not opts.model.is_file():
         raise InputError(f"Model file not found: {opts.model}")
     if opts.mem_mb is not None and opts.mem_mb < 512:
@@ -216,6 +232,7 @@ def _check(opts: argparse.Namespace) -> Settings:
         device=opts.device,
         steps=opts.steps,
         strength=opts.strength,
+        stop_at=opts.stop_at,
         train_steps=opts.train_steps,
         batch_size=opts.batch_size,
         patch_size=opts.patch_size,

@@ -179,11 +179,13 @@ def build_workflow(settings: Settings):
     if settings.target_site is not None:
         model_file = resolve_model(settings.model)
         check_target_site(model_file, settings.target_site)
+        sampler = settings.sampler()
         harmonize = HarmonizeOptions(model_file=model_file, target_site=settings.target_site,
-                                     steps=settings.steps, strength=settings.strength,
-                                     device=settings.device, mem_mb=settings.mem_mb)
-        LOGGER.info("Harmonizing to site '%s' with %s (%d steps, strength %g)",
-                    settings.target_site, model_file, settings.steps, settings.strength)
+                                     sampler=sampler, device=settings.device,
+                                     mem_mb=settings.mem_mb)
+        LOGGER.info("Harmonizing to site '%s' with %s (%d steps, strength %g, stop at %g)",
+                    settings.target_site, model_file, sampler.steps, sampler.strength,
+                    sampler.stop)
     else:
         LOGGER.info("No --target-site: preprocessing only.")
     workflow = init_harmonize_bids_wf(

@@ -2,7 +2,9 @@
 
 Same inputs, settings and generator seed give the same output.  One noise
 image is shared by all slices of a volume (``shared_noise``), so neighbouring
-slices start from the same point and stay consistent.
+slices start from the same point and stay consistent.  How the chain runs is
+one value, :class:`SamplerSettings`, passed unchanged from the command line to
+here and written into every harmonized image's sidecar.
 """
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import torch
 from torch.nn import functional as F
 
 from harmonize_bids.diffusion.model import HarmonizationModel
-from harmonize_bids.diffusion.schedule import NoiseSchedule, ddim_step, respace
+from harmonize_bids.diffusion.schedule import NoiseSchedule, SamplerSettings, ddim_step
+
+__all__ = ["SamplerSettings", "harmonize_slices"]
 
 
 def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -20,16 +24,11 @@ def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, in
 
 
 @torch.no_grad()
-def harmonize_slices(model: HarmonizationModel, source: torch.Tensor, site: int, *,
-                     steps: int = 10, strength: float = 1.0, eta: float = 0.0,
+def harmonize_slices(model: HarmonizationModel, source: torch.Tensor, site: int,
+                     sampler: SamplerSettings = SamplerSettings(), *,
                      generator: torch.Generator | None = None, shared_noise: bool = True,
                      noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Harmonize source slices ``[N x (2k+1) x H x W]`` to ``site``; return ``[N x 1 x H x W]``.
-
-    ``steps`` is the number of network evaluations (S << T).  ``strength`` < 1
-    starts from the source slice noised to t = strength (T-1) instead of pure
-    noise: fewer noise levels to cross, more of the source kept.
-    """
+    """Harmonize source slices ``[N x (2k+1) x H x W]`` to ``site``; return ``[N x 1 x H x W]``."""
     model.eval()
     config = model.config
     k = config.context_slices
@@ -37,13 +36,14 @@ def harmonize_slices(model: HarmonizationModel, source: torch.Tensor, site: int,
     n = src.shape[0]
     schedule: NoiseSchedule = model.schedule()
     ab = torch.as_tensor(schedule.alphas_cumprod, dtype=src.dtype, device=src.device)
-    timesteps = respace(schedule.num_steps, steps, strength)
+    timesteps = sampler.timesteps(schedule.num_steps)
     if noise is None:
         shape = (1 if shared_noise else n, 1, *src.shape[-2:])
         noise = torch.randn(shape, generator=generator, dtype=src.dtype, device="cpu").to(src.device)
     noise = noise.expand(n, 1, *src.shape[-2:])
     cond = model.encode(src)
-    x = noise if strength >= 1.0 else NoiseSchedule.q_sample(src[:, k:k + 1], noise, ab[timesteps[0]])
+    x = noise if sampler.strength >= 1.0 else \
+        NoiseSchedule.q_sample(src[:, k:k + 1], noise, ab[timesteps[0]])
     sites = torch.full((n,), int(site), dtype=torch.long, device=src.device)
     x0 = x
     for i, t in enumerate(timesteps):
@@ -51,7 +51,7 @@ def harmonize_slices(model: HarmonizationModel, source: torch.Tensor, site: int,
         out = model(x, tt, sites, cond)
         x0, eps = NoiseSchedule.x0_eps_from(config.prediction, out, x, ab[t])
         if i + 1 < len(timesteps):
-            x = ddim_step(x0, eps, ab[timesteps[i + 1]], eta=eta, ab_t=ab[t],
-                          noise=None if eta == 0 else torch.randn(
+            x = ddim_step(x0, eps, ab[timesteps[i + 1]], eta=sampler.eta, ab_t=ab[t],
+                          noise=None if sampler.eta == 0 else torch.randn(
                               x.shape, generator=generator, dtype=x.dtype).to(x.device))
     return x0[..., :h, :w]

@@ -97,27 +97,73 @@ def loss_weight(ab, prediction: Prediction, max_weight: float | None = 5.0):
     return capped / native
 
 
-def respace(num_steps: int, sample_steps: int, strength: float = 1.0) -> list[int]:
+def respace(num_steps: int, sample_steps: int, strength: float = 1.0, stop: float = 0.0
+            ) -> list[int]:
     """Timesteps kept for skip sampling, descending, evenly spaced.
 
-    With ``strength`` s < 1 the chain starts at ``round(s (T-1))`` (from the
-    noised source, SDEdit-style) and spreads ``sample_steps`` steps over
-    [0, s (T-1)].  The last step is always t = 0.
+    The chain starts at ``round(strength (T-1))`` (``strength`` s < 1: from the
+    noised source, SDEdit-style) and ends at ``round(stop (T-1))``: with
+    ``stop`` = 0 (the default) the last step is t = 0; with ``stop`` > 0 the
+    sampler returns the model's clean-image estimate at that noise level
+    (the unpredictable finest detail, such as thermal noise, is then averaged
+    out rather than drawn).
 
     >>> respace(1000, 5)
     [999, 749, 500, 250, 0]
     >>> respace(1000, 4, strength=0.3)
     [300, 200, 100, 0]
+    >>> respace(1000, 4, stop=0.3)
+    [999, 766, 533, 300]
     """
     if sample_steps < 1 or sample_steps > num_steps:
         raise ValueError(f"sample_steps must be in [1, {num_steps}], got {sample_steps}")
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if not 0.0 <= stop < strength:
+        raise ValueError(f"stop must be in [0, strength={strength}), got {stop}")
     start = int(round(strength * (num_steps - 1)))
     if sample_steps == 1:
         return [start]
-    steps = np.round(np.linspace(start, 0, sample_steps)).astype(int)
+    end = int(round(stop * (num_steps - 1)))
+    steps = np.round(np.linspace(start, end, sample_steps)).astype(int)
     return sorted(set(int(s) for s in steps), reverse=True)
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How the skip sampler runs.
+
+    steps
+        Network evaluations (S << T).
+    strength
+        Where the chain starts: 1 = pure noise; < 1 = the source slice noised to
+        t = strength (T-1) (SDEdit-style; keeps more of the source's look).
+    stop
+        Where it ends: 0 = run to t = 0 (a full sample, noise texture included);
+        > 0 = return the model's clean-image estimate at t = stop (T-1), which
+        averages out what cannot be predicted from the source (thermal noise).
+    eta
+        DDIM stochasticity; 0 = deterministic.
+    """
+
+    steps: int = 10
+    strength: float = 1.0
+    stop: float = 0.0
+    eta: float = 0.0
+
+    def __post_init__(self):
+        respace(1000, self.steps, self.strength, self.stop)  # raises on bad values
+        if self.eta < 0:
+            raise ValueError(f"eta must be >= 0, got {self.eta}")
+
+    def timesteps(self, num_steps: int) -> list[int]:
+        """The kept timesteps of a ``num_steps`` schedule, descending."""
+        return respace(num_steps, self.steps, self.strength, self.stop)
+
+    def metadata(self) -> dict:
+        """Sidecar fields (BIDS-style keys)."""
+        return {"Steps": int(self.steps), "Strength": float(self.strength),
+                "StopAt": float(self.stop), "Eta": float(self.eta)}
 
 
 def ddim_step(x0, eps, ab_prev, eta: float = 0.0, ab_t=None, noise=None):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from harmonize_bids.diffusion.model import HarmonizationModel
-from harmonize_bids.diffusion.sampler import harmonize_slices
+from harmonize_bids.diffusion.sampler import SamplerSettings, harmonize_slices
 
 
 def slice_stacks(volume: np.ndarray, k: int) -> np.ndarray:
@@ -31,7 +31,7 @@ def batch_size_for(mem_mb: int | None, slice_shape: tuple[int, int], channels: i
 
 
 def harmonize_volume(model: HarmonizationModel, volume: np.ndarray, mask: np.ndarray,
-                     site: int, *, steps: int = 10, strength: float = 1.0, seed: int = 0,
+                     site: int, sampler: SamplerSettings = SamplerSettings(), *, seed: int = 0,
                      device: str = "cpu", max_batch: int = 32,
                      progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Harmonized copy of ``volume`` (same shape, zero outside ``mask``)."""
@@ -50,8 +50,7 @@ def harmonize_volume(model: HarmonizationModel, volume: np.ndarray, mask: np.nda
     for start in range(0, len(has_brain), max_batch):
         idx = has_brain[start:start + max_batch]
         src = torch.from_numpy(stacks[idx]).to(device)
-        res = harmonize_slices(model, src, site, steps=steps, strength=strength,
-                               noise=noise.to(device))
+        res = harmonize_slices(model, src, site, sampler, noise=noise.to(device))
         out[:, :, idx] = np.moveaxis(res[:, 0].cpu().numpy(), 0, -1)
         done += len(idx)
         if progress:

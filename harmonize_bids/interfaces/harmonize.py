@@ -23,6 +23,8 @@ from nipype.interfaces.base import (
 )
 from scipy import ndimage as ndi
 
+from harmonize_bids.diffusion.schedule import SamplerSettings
+
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is usable, else ``cpu``; ``cuda`` must be usable."""
@@ -43,9 +45,9 @@ def _fit(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, target_site: str,
-                        out_file: Path, *, steps: int = 10, strength: float = 1.0, seed: int = 0,
-                        device: str = "auto", mem_mb: int | None = None, num_threads: int = 1,
-                        log=print) -> dict[str, Any]:
+                        out_file: Path, sampler: SamplerSettings = SamplerSettings(), *,
+                        seed: int = 0, device: str = "auto", mem_mb: int | None = None,
+                        num_threads: int = 1, log=print) -> dict[str, Any]:
     """Harmonize a template-space brain; write ``out_file``; return sidecar metadata."""
     import torch
 
@@ -73,8 +75,8 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
             last[0] = time.monotonic()
             log(f"harmonizing: {done}/{total} slices")
 
-    harmonized = harmonize_volume(model, low, low_mask, site, steps=steps, strength=strength,
-                                  seed=seed, device=device, max_batch=batch, progress=progress)
+    harmonized = harmonize_volume(model, low, low_mask, site, sampler, seed=seed, device=device,
+                                  max_batch=batch, progress=progress)
     change = ndi.zoom(harmonized - low, 1 / zoom, order=1)
     out = np.where(mask, np.clip(data + _fit(change, data.shape), 0, None), 0).astype(np.float32)
     nb.Nifti1Image(out, img.affine, img.header).to_filename(str(out_file))
@@ -82,8 +84,7 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
         "TargetSite": target_site,
         "ModelSHA256": file_sha256(model_file),
         "ModelSites": list(model.config.sites),
-        "Steps": int(steps),
-        "Strength": float(strength),
+        **sampler.metadata(),
         "RandomSeed": int(seed),
         "Device": device,
         "ModelVoxelSize": model.config.voxel_mm,
@@ -98,6 +99,7 @@ class _HarmonizeInputSpec(BaseInterfaceInputSpec):
     target_site = traits.Str(mandatory=True)
     steps = traits.Int(10, usedefault=True)
     strength = traits.Float(1.0, usedefault=True)
+    stop_at = traits.Float(0.0, usedefault=True)
     random_seed = traits.Int(0, usedefault=True)
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True, nohash=True)
     mem_mb = traits.Int(0, usedefault=True, nohash=True)
@@ -119,8 +121,9 @@ class Harmonize(SimpleInterface):
         out = Path(runtime.cwd) / "harmonized.nii.gz"
         meta = harmonize_std_image(
             Path(self.inputs.in_file), Path(self.inputs.mask_file), Path(self.inputs.model_file),
-            self.inputs.target_site, out, steps=self.inputs.steps,
-            strength=self.inputs.strength, seed=self.inputs.random_seed,
+            self.inputs.target_site, out,
+            SamplerSettings(steps=self.inputs.steps, strength=self.inputs.strength,
+                            stop=self.inputs.stop_at), seed=self.inputs.random_seed,
             device=self.inputs.device, mem_mb=self.inputs.mem_mb or None,
             num_threads=self.inputs.num_threads,
             log=lambda m: print(f"[harmonize_bids] {m}", flush=True))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from nipype.pipeline import engine as pe
 
+from harmonize_bids.diffusion.schedule import SamplerSettings
 from harmonize_bids.utils.bids import T1wRecord
 from harmonize_bids.workflows.anatomical import init_anat_preproc_wf
 from harmonize_bids.workflows.harmonization import init_harmonize_wf
@@ -19,8 +20,7 @@ class HarmonizeOptions:
 
     model_file: Path
     target_site: str
-    steps: int = 10
-    strength: float = 1.0
+    sampler: SamplerSettings = SamplerSettings()
     device: str = "auto"
     mem_mb: int | None = None
 
@@ -64,7 +64,7 @@ def init_harmonize_bids_wf(*, records: list[T1wRecord], output_dir: Path, omp_nt
         if harmonize is not None:
             harmonize_wf = init_harmonize_wf(
                 model_file=harmonize.model_file, target_site=harmonize.target_site,
-                steps=harmonize.steps, strength=harmonize.strength, random_seed=random_seed,
+                sampler=harmonize.sampler, random_seed=random_seed,
                 device=harmonize.device, omp_nthreads=omp_nthreads, mem_mb=harmonize.mem_mb)
             ds_harmonized_wf = init_ds_harmonized_wf(
                 output_dir=output_dir, source_entities=dict(record.entities), site=record.site)

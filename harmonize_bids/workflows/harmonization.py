@@ -6,12 +6,13 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from harmonize_bids.diffusion.schedule import SamplerSettings
 from harmonize_bids.interfaces.ants import ApplyTransform
 from harmonize_bids.interfaces.harmonize import Harmonize
 from harmonize_bids.interfaces.images import ApplyMask
 
 
-def init_harmonize_wf(*, model_file: Path, target_site: str, steps: int, strength: float,
+def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSettings,
                       random_seed: int, device: str, omp_nthreads: int, mem_mb: int | None,
                       name: str = "harmonize_wf") -> pe.Workflow:
     """Harmonize the template-space brain to ``target_site`` and resample it to T1w.
@@ -22,15 +23,18 @@ def init_harmonize_wf(*, model_file: Path, target_site: str, steps: int, strengt
     workflow = pe.Workflow(name=name)
     workflow.__desc__ = (
         f"The brain in template space was harmonized to site '{target_site}' with a "
-        f"conditional diffusion model ({steps} deterministic DDIM steps) and resampled "
-        "back to the T1w grid.")
+        f"conditional diffusion model ({sampler.steps} deterministic DDIM steps"
+        + (f", stopping at {sampler.stop:g} of the noise schedule with the model's "
+           "clean-image estimate" if sampler.stop else "")
+        + ") and resampled back to the T1w grid.")
     inputnode = pe.Node(niu.IdentityInterface(fields=[
         "std_t1w", "std_mask", "t1w_preproc", "brain_mask", "std2t1w_xfm"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["std_harmonized", "harmonized",
                                                        "metadata"]), name="outputnode")
     harmonize = pe.Node(Harmonize(
-        model_file=str(model_file), target_site=target_site, steps=steps, strength=strength,
-        random_seed=random_seed, device=device, mem_mb=mem_mb or 0, num_threads=omp_nthreads),
+        model_file=str(model_file), target_site=target_site, steps=sampler.steps,
+        strength=sampler.strength, stop_at=sampler.stop, random_seed=random_seed,
+        device=device, mem_mb=mem_mb or 0, num_threads=omp_nthreads),
         name="harmonize", n_procs=omp_nthreads, mem_gb=(mem_mb or 4096) / 1024)
     to_t1w = pe.Node(ApplyTransform(interpolation="linear", num_threads=omp_nthreads),
                      name="to_t1w", n_procs=omp_nthreads)
