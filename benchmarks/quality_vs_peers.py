@@ -74,27 +74,38 @@ def ours_name(sampler) -> str:
     return f"ours (S={sampler.steps}" + (f", stop {sampler.stop:g})" if sampler.stop else ")")
 
 
+def test_dataset(sites: list[str], held_out: list[str], out: Path, threads: int = 1) -> Path:
+    """The held-out traveling subjects under ``sites`` + the unseen protocols, with
+    rescans, N4-corrected like the app does (truths included); reused when present."""
+    from harmonize_bids.evaluation import bias_corrected_copy
+    from harmonize_bids.simulate.dataset import make_traveling_dataset
+    from harmonize_bids.simulate.protocols import PROTOCOLS
+
+    raw = out / "test"
+    if not raw.exists():
+        make_traveling_dataset(subset_dir(SHARED / "synthseg-labels", held_out, out / "labels"),
+                               raw, [PROTOCOLS[n] for n in sites + UNSEEN],
+                               n_anatomies=len(held_out), resolution_mm=2.0, seed=2,
+                               rescan=True, progress=log)
+    return bias_corrected_copy(raw, out / "test_n4", num_threads=threads, progress=log)
+
+
+def held_out_label_maps(card: dict, n_test: int) -> list[str]:
+    held_out = card.get("training_data", {}).get("held_out_label_maps") or \
+        [f"training_seg_{i:02d}.nii.gz" for i in range(13, 17)]
+    return held_out[:n_test]
+
+
 def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
                     threads: int = 1) -> list:
     from harmonize_bids.derivatives import init_derivatives
     from harmonize_bids.diffusion.volume import harmonize_volume
-    from harmonize_bids.evaluation import bias_corrected_copy, evaluate, read_simulated_dataset
-    from harmonize_bids.simulate.dataset import make_traveling_dataset
+    from harmonize_bids.evaluation import evaluate, read_simulated_dataset
     from harmonize_bids.simulate.protocols import PROTOCOLS
 
-    held_out = card.get("training_data", {}).get("held_out_label_maps") or \
-        [f"training_seg_{i:02d}.nii.gz" for i in range(13, 17)]
-    held_out = held_out[:n_test]
+    held_out = held_out_label_maps(card, n_test)
     sim_sites = [s for s in model.config.sites if s in PROTOCOLS]
-    test_ds = out / "test"
-    if not test_ds.exists():
-        make_traveling_dataset(subset_dir(SHARED / "synthseg-labels", held_out, out / "labels"),
-                               test_ds, [PROTOCOLS[n] for n in sim_sites + UNSEEN],
-                               n_anatomies=len(held_out), resolution_mm=2.0, seed=2,
-                               rescan=True, progress=log)
-    # the app N4-corrects before it harmonizes: so does the benchmark, truths included
-    test_ds = bias_corrected_copy(test_ds, out / "test_n4", num_threads=threads,
-                                  progress=log)
+    test_ds = test_dataset(sim_sites, held_out, out, threads)
     images = read_simulated_dataset(test_ds)
     vols, masks = ras_volumes(test_ds)
     anats = sorted(vols)
