@@ -2,10 +2,11 @@
 #
 #   CPU (default; slim Debian + Python 3.11, CPU PyTorch, tcmalloc preloaded):
 #     docker build -t harmonize_bids:latest .
-#   CUDA (a PyTorch CUDA runtime base; its torch is reused):
-#     docker build --build-arg FLAVOR=cuda \
-#       --build-arg BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime \
-#       --build-arg PRELOAD= -t harmonize_bids:cuda .
+#   CUDA (PyPI's CUDA build of torch, which brings the CUDA runtime libraries as
+#   nvidia-* wheels: only the host's NVIDIA driver is needed, via --gpus / --nv):
+#     docker build --build-arg FLAVOR=cuda --build-arg PRELOAD= -t harmonize_bids:cuda .
+#   (a base that already has torch, e.g. a pytorch/pytorch CUDA runtime image, is reused:
+#    --build-arg BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime)
 #   From a local base where no registry is reachable (e.g. one made with debootstrap,
 #   see tests/container/build_and_run.sh), with a CPU torch wheel in docker/wheels/:
 #     podman build --isolation chroot --build-arg BASE_IMAGE=localhost/debian-bookworm ...
@@ -21,6 +22,7 @@ FROM ${BASE_IMAGE} AS build
 ARG FLAVOR=cpu
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_CUDA_INDEX_URL=https://pypi.org/simple
 # A CA bundle for pip behind a TLS-intercepting proxy (mounted at build time, e.g.
 # podman build -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/host-ca.crt:ro
 # --build-arg PIP_CERT=/etc/ssl/host-ca.crt); unset: the image's own CAs.
@@ -48,8 +50,11 @@ RUN if [ "$FLAVOR" = "cpu" ]; then \
             pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
                 --extra-index-url https://pypi.org/simple; \
         fi; \
+    elif python3 -c "import torch" 2>/dev/null; then \
+        python3 -c "import torch; print('reusing the base image torch', torch.__version__)"; \
     else \
-        python3 -c "import torch; assert torch.cuda.is_available() or True; print(torch.__version__)"; \
+        pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_CUDA_INDEX_URL}" && \
+        python3 -c "import torch; assert torch.version.cuda, 'not a CUDA build'; print(torch.__version__, 'CUDA', torch.version.cuda)"; \
     fi
 
 # the pinned dependencies first (a layer that only changes with the pins) ...

@@ -4,17 +4,22 @@
 # checks of its outputs, the container read-only, networkless and not root.
 #
 #   bash tests/container/build_and_run.sh [CACHE_DIR]
+#   FLAVOR=cuda bash tests/container/build_and_run.sh   # the CUDA flavour (PyPI's CUDA torch);
+#                                                       # without a GPU it runs on the CPU
 #
 # Needs (Debian): podman, buildah, debootstrap, runc; root (rootful podman).  Measured
 # on 2 cores (2026-11-25): debootstrap 35 s; with the dependency layers cached, the
 # rebuild took 93 s and the whole script 189 s (the participant job in the container
 # 87 s); the first, uncached build (pip downloading ~70 wheels) took several minutes
-# more (not timed).  Image: 2.1 GB.  Not part of .ci/run (CI's 2 cores are better spent
+# more (not timed).  On a slower AVX2-only machine (2026-12-01), cold caches and niced
+# beside training: debootstrap 16.5 min, build 93 min, the rest 2.2 min.  Image: 2.1 GB.  Not part of .ci/run (CI's 2 cores are better spent
 # on the test suite); CircleCI builds and runs the image with Docker on every push.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${1:-/tmp/harmonize_bids_container}
-IMAGE=localhost/harmonize_bids:latest
+FLAVOR=${FLAVOR:-cpu}
+if [ "$FLAVOR" = cpu ]; then IMAGE=localhost/harmonize_bids:latest; PRELOAD=()
+else IMAGE=localhost/harmonize_bids:$FLAVOR; PRELOAD=(--build-arg PRELOAD=); fi
 BASE=localhost/debian-bookworm:latest
 mkdir -p "$CACHE"
 t0=$(date +%s)
@@ -50,7 +55,8 @@ if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
       --build-arg PIP_CERT=/etc/ssl/host-ca.crt)
 fi
 podman build --isolation chroot --layers -f "$REPO/Dockerfile" -t "$IMAGE" "${CA[@]}" \
-  --build-arg BASE_IMAGE="$BASE" --build-arg VERSION_TAG=local \
+  --build-arg BASE_IMAGE="$BASE" --build-arg FLAVOR="$FLAVOR" "${PRELOAD[@]}" \
+  --build-arg VERSION_TAG=local \
   --build-arg VCS_REF="$(git -C "$REPO" rev-parse --short HEAD)" \
   --build-arg BUILD_DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$REPO" > "$CACHE/build.log" 2>&1 \
   || { tail -40 "$CACHE/build.log"; exit 1; }
@@ -59,6 +65,8 @@ say "built; image size: $(podman image inspect "$IMAGE" --format '{{.Size}}' | a
 say "--version:"
 "${RUN[@]}" "$IMAGE" --version
 "${RUN[@]}" --entrypoint cat "$IMAGE" /version
+"${RUN[@]}" --entrypoint python3 "$IMAGE" -c \
+  "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'GPU available:', torch.cuda.is_available())"
 
 DATA=$(mktemp -d "$CACHE/run.XXXX")
 mkdir -p "$DATA/out" "$DATA/work"
