@@ -44,6 +44,7 @@ class Settings:
     steps: int = 10
     strength: float = 1.0
     stop_at: float = 0.0
+    samples: int = 1
     train_steps: int = 2000
     batch_size: int = 12
     patch_size: int = 64
@@ -58,7 +59,8 @@ class Settings:
         """The skip sampler's settings (:class:`~harmonize_bids.diffusion.schedule.SamplerSettings`)."""
         from harmonize_bids.diffusion.schedule import SamplerSettings
 
-        return SamplerSettings(steps=self.steps, strength=self.strength, stop=self.stop_at)
+        return SamplerSettings(steps=self.steps, strength=self.strength, stop=self.stop_at,
+                               samples=self.samples)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, TOML-serializable view (paths as strings, None dropped)."""

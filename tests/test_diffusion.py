@@ -135,6 +135,34 @@ def test_sampler_is_deterministic_pads_and_shares_noise():
     assert torch.allclose(same[0], same[2])
 
 
+def test_several_chains_average_their_clean_estimates():
+    model = tiny_model()
+    src = torch.rand(3, 3, 16, 16)
+    noise = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    one = [harmonize_slices(model, src, 1, SamplerSettings(steps=3), noise=noise[j:j + 1])
+           for j in range(2)]
+    both = harmonize_slices(model, src, 1, SamplerSettings(steps=3, samples=2), noise=noise)
+    assert not torch.allclose(one[0], one[1])
+    assert torch.allclose(both, (one[0] + one[1]) / 2, atol=1e-6)
+    # drawn noise: deterministic per generator seed, and one chain is the default draw
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    two = SamplerSettings(steps=3, samples=2)
+    assert torch.equal(harmonize_slices(model, src, 1, two, generator=gen()),
+                       harmonize_slices(model, src, 1, two, generator=gen()))
+    with pytest.raises(ValueError, match="2 chains"):
+        harmonize_slices(model, src, 1, two, noise=noise[:1])
+    with pytest.raises(ValueError, match="samples"):
+        SamplerSettings(samples=0)
+    assert SamplerSettings(samples=3).metadata()["Samples"] == 3
+    # the oracle's chains all end at the clean image: their mean too
+    oracle = _Oracle(ModelConfig(sites=("a",), **TINY))
+    oracle.clean = torch.rand(2, 1, 16, 16)
+    out = harmonize_slices(oracle, torch.rand(2, 3, 16, 16), 0,
+                           SamplerSettings(steps=4, samples=3),
+                           generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out, oracle.clean, atol=1e-4)
+
+
 # ------------------------------------------------------------------ checkpoints
 def test_checkpoint_roundtrip_and_card(tmp_path):
     model = tiny_model(sites=("ixihh", "siemens3tmprage"))

@@ -29,7 +29,7 @@ def test_participant_with_target_site_writes_harmonized_outputs(synthetic_bids, 
     code = main([str(synthetic_bids), str(out), "participant", "--sloppy",
                  "-w", str(tmp_path / "work"), "--participant-label", "02",
                  "--target-site", "siteA", "--model", str(tiny_model_file), "--steps", "2",
-                 "--stop-at", "0.25", "--nprocs", "2", "--omp-nthreads", "1",
+                 "--stop-at", "0.25", "--samples", "2", "--nprocs", "2", "--omp-nthreads", "1",
                  "--skip-bids-validation",
                  "--random-seed", "5", "--device", "cpu"])
     assert code == 0
@@ -39,7 +39,7 @@ def test_participant_with_target_site_writes_harmonized_outputs(synthetic_bids, 
     side = json.loads((anat / "sub-02_desc-harmonized_T1w.json").read_text())
     assert side["TargetSite"] == "siteA" and side["SourceSite"] == "siteB"
     assert side["Steps"] == 2 and side["RandomSeed"] == 5 and side["Device"] == "cpu"
-    assert side["StopAt"] == 0.25 and side["Strength"] == 1.0
+    assert side["StopAt"] == 0.25 and side["Strength"] == 1.0 and side["Samples"] == 2
     assert len(side["ModelSHA256"]) == 64
     # harmonized images live on the grids of their spaces and only inside the brain
     pre = nb.load(anat / "sub-02_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz")

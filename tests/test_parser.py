@@ -19,7 +19,7 @@ def test_help_lists_every_option(capsys):
                 "--skip-bids-validation", "--work-dir", "--nprocs", "--omp-nthreads",
                 "--mem-mb", "--random-seed", "--target-site", "--model", "--device",
                 "--sloppy", "--verbose", "--version", "--steps", "--strength", "--stop-at",
-                "--model-info", "(default:"):
+                "--samples", "--model-info", "(default:"):
         assert opt in text
 
 
@@ -39,6 +39,7 @@ def test_version_exits_zero(capsys):
     ["bids", "out", "participant", "--device", "tpu"],
     ["bids", "out", "participant", "--no-such-option"],
     ["bids", "out", "participant", "--stop-at", "1"],
+    ["bids", "out", "participant", "--samples", "0"],
 ])
 def test_usage_errors_exit_64(argv, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -72,8 +73,9 @@ def test_settings_roundtrip_toml(tmp_path):
     assert "random_seed = 42" in path.read_text()
     assert Settings.from_filename(path) == s
     s = parse_args([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"),
-                    "--steps", "6", "--stop-at", "0.3"])
+                    "--steps", "6", "--stop-at", "0.3", "--samples", "2"])
     assert s.sampler().timesteps(1000) == [999, 859, 719, 580, 440, 300]
+    assert s.sampler().samples == 2
 
 
 @pytest.mark.parametrize("label", ["../../etc", "sub-01/..", "a b", "01;rm"])

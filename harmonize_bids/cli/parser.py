@@ -118,6 +118,10 @@ def _build_parser() -> argparse.ArgumentParser:
                             "(thermal-noise texture included); larger values average out what "
                             "the source cannot predict (smoother, closer to the truth on "
                             "average); must be below --strength")
+    model.add_argument("--samples", type=_positive_int, default=1, metavar="N",
+                       help="independent chains averaged into one image (an estimate of the "
+                            "posterior mean: closer to the truth on average, N times the "
+                            "time); e.g. --steps 5 --samples 2 costs as much as --steps 10")
     model.add_argument("--model-info", action="store_true",
                        help="print the model card of --model (or the bundled model) as JSON "
                             "and exit")
@@ -233,6 +237,7 @@ def _check(opts: argparse.Namespace) -> Settings:
         steps=opts.steps,
         strength=opts.strength,
         stop_at=opts.stop_at,
+        samples=opts.samples,
         train_steps=opts.train_steps,
         batch_size=opts.batch_size,
         patch_size=opts.patch_size,

@@ -183,9 +183,9 @@ def build_workflow(settings: Settings):
         harmonize = HarmonizeOptions(model_file=model_file, target_site=settings.target_site,
                                      sampler=sampler, device=settings.device,
                                      mem_mb=settings.mem_mb)
-        LOGGER.info("Harmonizing to site '%s' with %s (%d steps, strength %g, stop at %g)",
-                    settings.target_site, model_file, sampler.steps, sampler.strength,
-                    sampler.stop)
+        LOGGER.info("Harmonizing to site '%s' with %s (%d steps, strength %g, stop at %g, "
+                    "%d chain(s))", settings.target_site, model_file, sampler.steps,
+                    sampler.strength, sampler.stop, sampler.samples)
     else:
         LOGGER.info("No --target-site: preprocessing only.")
     workflow = init_harmonize_bids_wf(

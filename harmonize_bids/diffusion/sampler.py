@@ -28,20 +28,48 @@ def harmonize_slices(model: HarmonizationModel, source: torch.Tensor, site: int,
                      sampler: SamplerSettings = SamplerSettings(), *,
                      generator: torch.Generator | None = None, shared_noise: bool = True,
                      noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Harmonize source slices ``[N x (2k+1) x H x W]`` to ``site``; return ``[N x 1 x H x W]``."""
+    """Harmonize source slices ``[N x (2k+1) x H x W]`` to ``site``; return ``[N x 1 x H x W]``.
+
+    ``noise`` (optional) is the initial noise of each chain, ``[samples x 1 x H' x W']``
+    (shared by all slices; ``H'``, ``W'`` padded to the model's multiple) or, for one
+    chain, ``[N x 1 x H' x W']`` (one per slice).  With ``sampler.samples > 1`` the
+    chains' clean-image estimates are averaged.
+    """
     model.eval()
     config = model.config
-    k = config.context_slices
     src, (h, w) = _pad_to(source, config.multiple)
+    n, plane = src.shape[0], src.shape[-2:]
+    chains = int(sampler.samples)
+    if noise is None:
+        per_chain = 1 if shared_noise else n
+        noise = torch.randn((chains * per_chain, 1, *plane), generator=generator,
+                            dtype=src.dtype, device="cpu").to(src.device)
+        noises = list(noise.split(per_chain))
+    elif chains == 1:
+        noises = [noise]
+    elif noise.shape[0] == chains:
+        noises = list(noise.split(1))
+    else:
+        raise ValueError(f"{chains} chains need noise of shape [{chains} x 1 x H x W], "
+                         f"got {tuple(noise.shape)}")
+    cond = model.encode(src)
+    total = None
+    for z in noises:
+        x0 = _chain(model, src, cond, site, sampler, z.expand(n, 1, *plane), generator)
+        total = x0 if total is None else total + x0
+    return (total / len(noises))[..., :h, :w]
+
+
+def _chain(model: HarmonizationModel, src: torch.Tensor, cond: torch.Tensor, site: int,
+           sampler: SamplerSettings, noise: torch.Tensor,
+           generator: torch.Generator | None) -> torch.Tensor:
+    """One deterministic (eta = 0) or stochastic DDIM chain; its final clean estimate."""
+    config = model.config
+    k = config.context_slices
     n = src.shape[0]
     schedule: NoiseSchedule = model.schedule()
     ab = torch.as_tensor(schedule.alphas_cumprod, dtype=src.dtype, device=src.device)
     timesteps = sampler.timesteps(schedule.num_steps)
-    if noise is None:
-        shape = (1 if shared_noise else n, 1, *src.shape[-2:])
-        noise = torch.randn(shape, generator=generator, dtype=src.dtype, device="cpu").to(src.device)
-    noise = noise.expand(n, 1, *src.shape[-2:])
-    cond = model.encode(src)
     x = noise if sampler.strength >= 1.0 else \
         NoiseSchedule.q_sample(src[:, k:k + 1], noise, ab[timesteps[0]])
     sites = torch.full((n,), int(site), dtype=torch.long, device=src.device)
@@ -54,4 +82,4 @@ def harmonize_slices(model: HarmonizationModel, source: torch.Tensor, site: int,
             x = ddim_step(x0, eps, ab[timesteps[i + 1]], eta=sampler.eta, ab_t=ab[t],
                           noise=None if sampler.eta == 0 else torch.randn(
                               x.shape, generator=generator, dtype=x.dtype).to(x.device))
-    return x0[..., :h, :w]
+    return x0

@@ -144,17 +144,24 @@ class SamplerSettings:
         averages out what cannot be predicted from the source (thermal noise).
     eta
         DDIM stochasticity; 0 = deterministic.
+    samples
+        Independent chains (different initial noise, the same condition), averaged:
+        an estimate of the posterior mean, which is what squared-error scores such as
+        PSNR reward. Each chain costs ``steps`` network evaluations.
     """
 
     steps: int = 10
     strength: float = 1.0
     stop: float = 0.0
     eta: float = 0.0
+    samples: int = 1
 
     def __post_init__(self):
         respace(1000, self.steps, self.strength, self.stop)  # raises on bad values
         if self.eta < 0:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
+        if int(self.samples) != self.samples or self.samples < 1:
+            raise ValueError(f"samples must be a positive integer, got {self.samples}")
 
     def timesteps(self, num_steps: int) -> list[int]:
         """The kept timesteps of a ``num_steps`` schedule, descending."""
@@ -163,7 +170,8 @@ class SamplerSettings:
     def metadata(self) -> dict:
         """Sidecar fields (BIDS-style keys)."""
         return {"Steps": int(self.steps), "Strength": float(self.strength),
-                "StopAt": float(self.stop), "Eta": float(self.eta)}
+                "StopAt": float(self.stop), "Eta": float(self.eta),
+                "Samples": int(self.samples)}
 
 
 def ddim_step(x0, eps, ab_prev, eta: float = 0.0, ab_t=None, noise=None):

@@ -44,7 +44,8 @@ def harmonize_volume(model: HarmonizationModel, volume: np.ndarray, mask: np.nda
     h, w = volume.shape[:2]
     ph, pw = h + (-h) % multiple, w + (-w) % multiple
     generator = torch.Generator().manual_seed(int(seed))
-    noise = torch.randn((1, 1, ph, pw), generator=generator)
+    # one initial noise per chain, shared by every slice of the volume
+    noise = torch.randn((sampler.samples, 1, ph, pw), generator=generator)
     model = model.to(device)
     done = 0
     for start in range(0, len(has_brain), max_batch):

@@ -100,6 +100,7 @@ class _HarmonizeInputSpec(BaseInterfaceInputSpec):
     steps = traits.Int(10, usedefault=True)
     strength = traits.Float(1.0, usedefault=True)
     stop_at = traits.Float(0.0, usedefault=True)
+    samples = traits.Int(1, usedefault=True)
     random_seed = traits.Int(0, usedefault=True)
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True, nohash=True)
     mem_mb = traits.Int(0, usedefault=True, nohash=True)
@@ -123,7 +124,8 @@ class Harmonize(SimpleInterface):
             Path(self.inputs.in_file), Path(self.inputs.mask_file), Path(self.inputs.model_file),
             self.inputs.target_site, out,
             SamplerSettings(steps=self.inputs.steps, strength=self.inputs.strength,
-                            stop=self.inputs.stop_at), seed=self.inputs.random_seed,
+                            stop=self.inputs.stop_at, samples=self.inputs.samples),
+            seed=self.inputs.random_seed,
             device=self.inputs.device, mem_mb=self.inputs.mem_mb or None,
             num_threads=self.inputs.num_threads,
             log=lambda m: print(f"[harmonize_bids] {m}", flush=True))

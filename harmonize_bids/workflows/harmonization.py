@@ -26,6 +26,8 @@ def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSet
         f"conditional diffusion model ({sampler.steps} deterministic DDIM steps"
         + (f", stopping at {sampler.stop:g} of the noise schedule with the model's "
            "clean-image estimate" if sampler.stop else "")
+        + (f"; the mean of {sampler.samples} chains from independent initial noise"
+           if sampler.samples > 1 else "")
         + ") and resampled back to the T1w grid.")
     inputnode = pe.Node(niu.IdentityInterface(fields=[
         "std_t1w", "std_mask", "t1w_preproc", "brain_mask", "std2t1w_xfm"]), name="inputnode")
@@ -33,7 +35,8 @@ def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSet
                                                        "metadata"]), name="outputnode")
     harmonize = pe.Node(Harmonize(
         model_file=str(model_file), target_site=target_site, steps=sampler.steps,
-        strength=sampler.strength, stop_at=sampler.stop, random_seed=random_seed,
+        strength=sampler.strength, stop_at=sampler.stop, samples=sampler.samples,
+        random_seed=random_seed,
         device=device, mem_mb=mem_mb or 0, num_threads=omp_nthreads),
         name="harmonize", n_procs=omp_nthreads, mem_gb=(mem_mb or 4096) / 1024)
     to_t1w = pe.Node(ApplyTransform(interpolation="linear", num_threads=omp_nthreads),
