@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from harmonize_bids.cli.run import main
-from harmonize_bids.diffusion.checkpoint import bundled_model, load_model
+from harmonize_bids.diffusion.checkpoint import bundled_model, file_sha256, load_model
 from harmonize_bids.simulate.protocols import PROTOCOLS
 
 
@@ -30,6 +30,8 @@ def test_bundled_model_loads_and_its_card_is_complete(bundled):
     assert card["training"]["steps"] > 1000
     assert card["command"].startswith("python scripts/train_default_model.py")
     assert card["training_data"]["held_out_label_maps"]
+    # the card describes the very file beside it (not a renamed copy of another one)
+    assert card["weights"] == bundled.name and card["sha256"] == file_sha256(bundled)
 
 
 def test_model_info_without_model_prints_the_bundled_card(bundled, capsys):

@@ -12,8 +12,9 @@
 # rebuild took 93 s and the whole script 189 s (the participant job in the container
 # 87 s); the first, uncached build (pip downloading ~70 wheels) took several minutes
 # more (not timed).  On a slower AVX2-only machine (2026-12-01), cold caches and niced
-# beside training: debootstrap 16.5 min, build 93 min, the rest 2.2 min.  Image: 2.1 GB.  Not part of .ci/run (CI's 2 cores are better spent
-# on the test suite); CircleCI builds and runs the image with Docker on every push.
+# beside training: debootstrap 16.5 min, build 93 min, the rest 2.2 min.  Image: 2.1 GB.
+# Not part of .ci/run (CI's 2 cores are better spent on the test suite); CircleCI
+# builds and runs the image with Docker on every push.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${1:-/tmp/harmonize_bids_container}
