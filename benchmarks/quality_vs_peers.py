@@ -21,7 +21,8 @@ B. **Real texture, unseen scanners -> ixi-hh**: held-out IXI Hammersmith brains
 Methods: no harmonization; intensity-normalization's Nyúl (standard scale learned
 from the target site's other held-out images), WhiteStripe and z-score (mapped
 onto a target-site reference); ANTs histogram matching to a target-site
-reference (another held-out anatomy); ours at each ``--steps`` x ``--stop-at``.
+reference (another held-out anatomy); ours at each ``--steps`` x ``--stop-at`` x
+``--samples``.
 
     python benchmarks/quality_vs_peers.py --steps 10 --stop-at 0 0.3 --out-dir /tmp/hb_quality
 """
@@ -71,7 +72,10 @@ def load(path: Path) -> np.ndarray:
 
 
 def ours_name(sampler) -> str:
-    return f"ours (S={sampler.steps}" + (f", stop {sampler.stop:g})" if sampler.stop else ")")
+    """``ours (S=10)``, ``ours (S=5x2)`` (2 averaged chains), ``ours (S=10, stop 0.3)``."""
+    chains = f"x{sampler.samples}" if sampler.samples > 1 else ""
+    stop = f", stop {sampler.stop:g}" if sampler.stop else ""
+    return f"ours (S={sampler.steps}{chains}{stop})"
 
 
 def test_dataset(sites: list[str], held_out: list[str], out: Path, threads: int = 1) -> Path:
@@ -138,7 +142,8 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
     for sampler in samplers:
         merged, t0, n = None, time.monotonic(), 0
         for target in targets:
-            deriv = out / f"ours_s{sampler.steps}_stop{sampler.stop:g}_{target}"
+            deriv = out / (f"ours_s{sampler.steps}_stop{sampler.stop:g}"
+                           f"_n{sampler.samples}_{target}")
             init_derivatives(deriv, test_ds)
             for img in images:
                 if img.site == target:
@@ -272,6 +277,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[10])
     parser.add_argument("--stop-at", type=float, nargs="+", default=[0.0],
                         help="sampler stops (SamplerSettings.stop); every steps x stop is run")
+    parser.add_argument("--samples", type=int, nargs="+", default=[1],
+                        help="averaged chains (SamplerSettings.samples); every steps x stop x "
+                             "samples is run")
     parser.add_argument("--targets", nargs="+", default=["siemens3tmprage", "ge15tspgr"])
     parser.add_argument("--n-test", type=int, default=4, help="held-out anatomies")
     parser.add_argument("--ixi-derivatives", type=Path,
@@ -289,7 +297,8 @@ def main() -> None:
     model, card = load_model(model_file)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    samplers = [SamplerSettings(steps=st, stop=sp) for st in args.steps for sp in args.stop_at]
+    samplers = [SamplerSettings(steps=st, stop=sp, samples=n)
+                for st in args.steps for sp in args.stop_at for n in args.samples]
     tables, held_out = simulated_track(model, card, args.targets, samplers, args.out_dir,
                                        args.n_test, args.threads)
     ixi_text, ixi_used = ixi_track(model, card, args.ixi_derivatives, samplers,

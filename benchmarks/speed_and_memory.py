@@ -12,8 +12,14 @@ B. The peers on the same brain (seconds per volume).
 C. The participant level (preprocessing + harmonization, S = 10) on 1, 2 and 4
    simulated 2 mm heads with ``--nprocs 2``: wall time, seconds per subject, peak
    RSS; the 4-subject run again with ``--mem-mb`` to show the bound is kept.
+D. Volume size: ``harmonize_volume`` (S = 5) on the same head rendered on finer grids
+   (``--grids-mm``). The app always harmonizes on the model's grid (2 mm for the
+   bundled model), whatever the input's voxel size, so this is the cost a model
+   trained on a finer grid would have (the network is fully convolutional).
 
     python benchmarks/speed_and_memory.py --out-dir /tmp/hb_speed
+    python benchmarks/speed_and_memory.py --sections D \
+        --results benchmarks/results/speed_vs_volume_size.md
 """
 from __future__ import annotations
 
@@ -28,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 CHILD_A = r"""
 import json, sys, time, numpy as np, torch, nibabel as nb
 from harmonize_bids.diffusion.checkpoint import bundled_model, load_model
@@ -41,10 +49,11 @@ from harmonize_bids.templates import get_template
 steps, device, threads = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 torch.set_num_threads(threads)
 model, _ = load_model(bundled_model(), device=device)
+grid_mm = float(sys.argv[4]) if len(sys.argv) > 4 else model.config.voxel_mm
 anat = load_anatomy(get_template("demo_anatomy"))
 rng = np.random.default_rng(0)
 p = PROTOCOLS["ge15tspgr"]
-r = render_clean(anat, p, rng, spacing_mm=model.config.voxel_mm)
+r = render_clean(anat, p, rng, spacing_mm=grid_mm)
 img = acquire(r, p, rng)
 from scipy import ndimage as ndi
 mask = ndi.zoom(is_brain_label(anat.labels).astype(np.float32),
@@ -119,6 +128,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--subjects", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--mem-mb", type=int, default=3000)
+    parser.add_argument("--grids-mm", type=float, nargs="+", default=[2.0, 1.5, 1.0],
+                        help="grid spacings of section D")
+    parser.add_argument("--sections", nargs="+", choices=list("ABCD"), default=list("ABCD"))
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/hb_speed"))
     parser.add_argument("--results", type=Path,
                         default=Path(__file__).parent / "results" / "speed_and_memory.md")
@@ -130,9 +142,25 @@ def main() -> None:
              f"- date: {datetime.date.today()}; {platform.machine()}, {os.cpu_count()} CPUs, "
              f"torch {torch.__version__}; GPU: "
              f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}",
-             f"- LD_PRELOAD: `{os.environ.get('LD_PRELOAD', '')}`", "",
-             "## A. Harmonization of one volume (demo head, model grid 2 mm, bundled model)", "",
-             "| device | threads | steps S | s / volume | slices | slice-steps / s | "
+             f"- LD_PRELOAD: `{os.environ.get('LD_PRELOAD', '')}`"]
+    if "A" in args.sections:
+        lines += section_a(args, devices)
+    if "B" in args.sections:
+        lines += section_b()
+    if "C" in args.sections:
+        lines += section_c(args)
+    if "D" in args.sections:
+        lines += section_d(args, devices)
+    text = "\n".join(lines)
+    print(text)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(text + "\n")
+
+
+def section_a(args: argparse.Namespace, devices: list[str]) -> list[str]:
+    """Harmonization of one volume at each step count."""
+    lines = ["", "## A. Harmonization of one volume (demo head, model grid 2 mm, bundled model)",
+             "", "| device | threads | steps S | s / volume | slices | slice-steps / s | "
              "peak RSS (MB) |", "|---|---|---|---|---|---|---|"]
     for device in devices:
         for steps in args.steps:
@@ -142,13 +170,41 @@ def main() -> None:
             lines.append(f"| {device} | {args.threads} | {steps} | {r['seconds']:.1f} | "
                          f"{r['slices']} | {r['slices'] * steps / r['seconds']:.0f} | {rss:.0f} |")
             log(lines[-1])
-    out, _, rss = run_child([sys.executable, "-c", CHILD_B])
-    peer = json.loads(out.strip().splitlines()[-1])
-    lines += ["", "## B. The peers on one volume (2 mm, CPU)", "",
-              "| method | s / volume |", "|---|---|"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in peer.items()]
+    return lines
 
-    lines += ["", "## C. Participant level (preprocessing + harmonization S=10, `--nprocs 2`)",
+
+def section_b() -> list[str]:
+    """The peers' time on one volume."""
+    out, _, _ = run_child([sys.executable, "-c", CHILD_B])
+    peer = json.loads(out.strip().splitlines()[-1])
+    lines = ["", "## B. The peers on one volume (2 mm, CPU)", "",
+             "| method | s / volume |", "|---|---|"]
+    return lines + [f"| {k} | {v:.2f} |" for k, v in peer.items()]
+
+
+def section_d(args: argparse.Namespace, devices: list[str], steps: int = 5) -> list[str]:
+    """Harmonization time against the grid the volume is harmonized on."""
+    lines = ["", f"## D. Volume size: harmonization (S = {steps}) against grid spacing", "",
+             "The demo head rendered on each grid; the bundled model (trained at 2 mm) run "
+             "on it. This measures cost only: the app harmonizes on the model's own grid.", "",
+             "| device | grid (mm) | shape | slices | voxels (M) | s / volume | "
+             "slice-steps / s | peak RSS (MB) |", "|---|---|---|---|---|---|---|---|"]
+    for device in devices:
+        for grid in args.grids_mm:
+            out, _, rss = run_child([sys.executable, "-c", CHILD_A, str(steps), device,
+                                     str(args.threads), str(grid)])
+            r = json.loads(out.strip().splitlines()[-1])
+            shape = r["shape"]
+            lines.append(f"| {device} | {grid:g} | {'x'.join(map(str, shape))} | "
+                         f"{r['slices']} | {np.prod(shape) / 1e6:.2f} | {r['seconds']:.1f} | "
+                         f"{r['slices'] * steps / r['seconds']:.0f} | {rss:.0f} |")
+            log(lines[-1])
+    return lines
+
+
+def section_c(args: argparse.Namespace) -> list[str]:
+    """Participant level for growing numbers of subjects."""
+    lines = ["", "## C. Participant level (preprocessing + harmonization S=10, `--nprocs 2`)",
               "", "Simulated 2 mm heads (demo anatomy and deformed variants, protocol "
               "ge15tspgr), harmonized to siemens3tmprage.", "",
               "| subjects | --mem-mb | wall (s) | s / subject | peak RSS of one process (MB) |",
@@ -178,10 +234,7 @@ def main() -> None:
               "`getrusage(RUSAGE_CHILDREN)` reports it; MultiProc runs at most `--nprocs` "
               "of them at once and, with `--mem-mb`, only as many as their declared memory "
               "estimates fit in the bound."]
-    text = "\n".join(lines)
-    print(text)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(text + "\n")
+    return lines
 
 
 if __name__ == "__main__":
