@@ -230,6 +230,9 @@ def main() -> None:
         if loop.step % 500 == 0:
             save_state(loop, state)
             (work / "training_time.json").write_text(json.dumps({"seconds": trained_s}))
+    # the final state too, so a larger --minutes later resumes exactly where this run ended
+    save_state(loop, state)
+    (work / "training_time.json").write_text(json.dumps({"seconds": trained_s}))
     hist = loop.history
     card = {
         "name": "harmonize_bids default model",
