@@ -45,6 +45,7 @@ class Settings:
     strength: float = 1.0
     stop_at: float = 0.0
     samples: int = 1
+    match_intensities: bool = True
     train_steps: int = 2000
     batch_size: int = 12
     patch_size: int = 64

@@ -41,6 +41,7 @@ def test_participant_with_target_site_writes_harmonized_outputs(synthetic_bids, 
     assert side["Steps"] == 2 and side["RandomSeed"] == 5 and side["Device"] == "cpu"
     assert side["StopAt"] == 0.25 and side["Strength"] == 1.0 and side["Samples"] == 2
     assert len(side["ModelSHA256"]) == 64
+    assert side["TissueIntensitiesMatched"] is False  # a model without site landmarks
     # harmonized images live on the grids of their spaces and only inside the brain
     pre = nb.load(anat / "sub-02_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz")
     assert nb.load(std).shape == pre.shape
@@ -92,6 +93,8 @@ def test_group_level_trains_resumes_and_the_model_harmonizes(sloppy_run, tmp_pat
     card = json.loads(model.with_suffix(".json").read_text())
     assert card["sites"] == ["siteA", "siteB", "siteC"]
     assert card["training"]["steps"] == 4 and card["training_data"]["n_images"] == 3
+    # each site's tissue intensity landmarks, from its participants' preprocessed brains
+    assert sorted(card["config"]["site_landmarks"]) == ["siteA", "siteB", "siteC"]
     assert (out / "models" / "harmonize_bids_model_loss.png").stat().st_size > 1000
     state = json.loads((work / "group_training" / "state.json").read_text())
     assert state["step"] == 4
@@ -106,6 +109,8 @@ def test_group_level_trains_resumes_and_the_model_harmonizes(sloppy_run, tmp_pat
                  "--nprocs", "2"])
     assert code == 0
     assert (out / "sub-01/anat/sub-01_desc-harmonized_T1w.nii.gz").is_file()
+    side = json.loads((out / "sub-01/anat/sub-01_desc-harmonized_T1w.json").read_text())
+    assert side["TissueIntensitiesMatched"] is True
     # models/, reports and harmonized outputs together still pass the validator
     proc = subprocess.run([shutil.which("bids-validator-deno"), "--format", "json", str(out)],
                           capture_output=True, text=True)

@@ -122,6 +122,12 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="independent chains averaged into one image (an estimate of the "
                             "posterior mean: closer to the truth on average, N times the "
                             "time); e.g. --steps 5 --samples 2 costs as much as --steps 10")
+    model.add_argument("--match-intensities", action=argparse.BooleanOptionalAction,
+                       default=True,
+                       help="finish each harmonized brain by mapping its CSF, grey- and "
+                            "white-matter median intensities onto the target site's (stored "
+                            "in the model): removes the source's remaining histogram "
+                            "character without imposing tissue volumes")
     model.add_argument("--model-info", action="store_true",
                        help="print the model card of --model (or the bundled model) as JSON "
                             "and exit")
@@ -238,6 +244,7 @@ def _check(opts: argparse.Namespace) -> Settings:
         strength=opts.strength,
         stop_at=opts.stop_at,
         samples=opts.samples,
+        match_intensities=opts.match_intensities,
         train_steps=opts.train_steps,
         batch_size=opts.batch_size,
         patch_size=opts.patch_size,

@@ -182,7 +182,8 @@ def build_workflow(settings: Settings):
         sampler = settings.sampler()
         harmonize = HarmonizeOptions(model_file=model_file, target_site=settings.target_site,
                                      sampler=sampler, device=settings.device,
-                                     mem_mb=settings.mem_mb)
+                                     mem_mb=settings.mem_mb,
+                                     match_intensities=settings.match_intensities)
         LOGGER.info("Harmonizing to site '%s' with %s (%d steps, strength %g, stop at %g, "
                     "%d chain(s))", settings.target_site, model_file, sampler.steps,
                     sampler.strength, sampler.stop, sampler.samples)

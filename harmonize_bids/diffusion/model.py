@@ -36,6 +36,9 @@ class ModelConfig:
     num_timesteps: int = 1000
     #: voxel size (mm) the model works at; template-space inputs are resampled to it
     voxel_mm: float = 2.0
+    #: site -> tissue intensity landmarks of its images (:mod:`harmonize_bids.site_intensity`);
+    #: data, not network: the participant level maps each output onto its target's
+    site_landmarks: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -45,6 +48,14 @@ class ModelConfig:
             raise ValueError(f"unknown prediction {self.prediction!r}")
         for name in ("sites", "channel_mults", "attention_levels"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        from harmonize_bids.site_intensity import check_landmarks
+
+        unknown = set(self.site_landmarks) - set(self.sites)
+        if unknown:
+            raise ValueError(f"site_landmarks for sites the model does not know: {sorted(unknown)}")
+        object.__setattr__(self, "site_landmarks", {
+            site: [float(v) for v in check_landmarks(values)]
+            for site, values in self.site_landmarks.items()})
 
     @property
     def multiple(self) -> int:

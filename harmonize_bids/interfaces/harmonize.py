@@ -4,7 +4,9 @@ The model works on the template-space brain at its own voxel size (2 mm by
 default).  The change it makes there (harmonized - input, both at the model's
 resolution) is upsampled and added to the 1 mm input, so fine anatomical
 detail of the input is kept while contrast, intensity and texture move to the
-target site.
+target site.  With ``match_intensities`` the model's output is finished by
+mapping its tissue intensity landmarks onto the target site's
+(:mod:`harmonize_bids.site_intensity`), when the model stores them.
 """
 from __future__ import annotations
 
@@ -47,12 +49,14 @@ def _fit(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, target_site: str,
                         out_file: Path, sampler: SamplerSettings = SamplerSettings(), *,
                         seed: int = 0, device: str = "auto", mem_mb: int | None = None,
-                        num_threads: int = 1, log=print) -> dict[str, Any]:
+                        num_threads: int = 1, match_intensities: bool = True,
+                        log=print) -> dict[str, Any]:
     """Harmonize a template-space brain; write ``out_file``; return sidecar metadata."""
     import torch
 
     from harmonize_bids.diffusion.checkpoint import file_sha256, load_model
     from harmonize_bids.diffusion.volume import batch_size_for, harmonize_volume
+    from harmonize_bids.site_intensity import match_landmarks
 
     torch.set_num_threads(max(1, int(num_threads)))
     device = resolve_device(device)
@@ -77,6 +81,17 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
 
     harmonized = harmonize_volume(model, low, low_mask, site, sampler, seed=seed, device=device,
                                   max_batch=batch, progress=progress)
+    matched = False
+    landmarks = model.config.site_landmarks.get(target_site)
+    if match_intensities and landmarks is None:
+        log(f"the model stores no tissue intensity landmarks for '{target_site}': "
+            "its output is kept as it is")
+    elif match_intensities:
+        try:
+            harmonized = match_landmarks(harmonized, low_mask, landmarks)
+            matched = True
+        except ValueError as err:
+            log(f"tissue intensities not matched to '{target_site}' ({err})")
     change = ndi.zoom(harmonized - low, 1 / zoom, order=1)
     out = np.where(mask, np.clip(data + _fit(change, data.shape), 0, None), 0).astype(np.float32)
     nb.Nifti1Image(out, img.affine, img.header).to_filename(str(out_file))
@@ -85,6 +100,7 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
         "ModelSHA256": file_sha256(model_file),
         "ModelSites": list(model.config.sites),
         **sampler.metadata(),
+        "TissueIntensitiesMatched": matched,
         "RandomSeed": int(seed),
         "Device": device,
         "ModelVoxelSize": model.config.voxel_mm,
@@ -101,6 +117,8 @@ class _HarmonizeInputSpec(BaseInterfaceInputSpec):
     strength = traits.Float(1.0, usedefault=True)
     stop_at = traits.Float(0.0, usedefault=True)
     samples = traits.Int(1, usedefault=True)
+    match_intensities = traits.Bool(True, usedefault=True,
+                                    desc="map the output's tissue intensities onto the target's")
     random_seed = traits.Int(0, usedefault=True)
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True, nohash=True)
     mem_mb = traits.Int(0, usedefault=True, nohash=True)
@@ -128,6 +146,7 @@ class Harmonize(SimpleInterface):
             seed=self.inputs.random_seed,
             device=self.inputs.device, mem_mb=self.inputs.mem_mb or None,
             num_threads=self.inputs.num_threads,
+            match_intensities=self.inputs.match_intensities,
             log=lambda m: print(f"[harmonize_bids] {m}", flush=True))
         self._results["out_file"] = str(out)
         self._results["metadata"] = meta

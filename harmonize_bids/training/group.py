@@ -117,6 +117,7 @@ def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path
     from harmonize_bids.diffusion.checkpoint import save_model
     from harmonize_bids.diffusion.model import HarmonizationModel, ModelConfig
     from harmonize_bids.interfaces.harmonize import resolve_device
+    from harmonize_bids.site_intensity import site_landmarks
     from harmonize_bids.training.data import PairedSlices, add_shifted_copies
     from harmonize_bids.training.loop import (
         TrainConfig,
@@ -130,8 +131,14 @@ def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path
     torch.manual_seed(options.seed)
     volumes, masks, used = load_training_volumes(records, output_dir, options.voxel_mm)
     sites = tuple(sorted({next(iter(v)) for v in volumes.values()}))
+    # the participants' own preprocessed brains: each site's tissue intensities (before
+    # shifted copies are added: those are not images of any site)
+    by_site: dict[str, list] = {}
+    for sub, per_site in volumes.items():
+        for site, vol in per_site.items():
+            by_site.setdefault(site, []).append((vol, masks[sub]))
     config = ModelConfig(sites=sites, base_channels=options.base_channels,
-                         voxel_mm=options.voxel_mm)
+                         voxel_mm=options.voxel_mm, site_landmarks=site_landmarks(by_site))
     log(f"Training on {len(used)} image(s) from {len(sites)} site(s): {', '.join(sites)}")
     rng = np.random.default_rng(options.seed)
     if options.shifted_copies:

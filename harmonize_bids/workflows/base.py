@@ -23,6 +23,7 @@ class HarmonizeOptions:
     sampler: SamplerSettings = SamplerSettings()
     device: str = "auto"
     mem_mb: int | None = None
+    match_intensities: bool = True
 
 
 def workflow_name(record: T1wRecord) -> str:
@@ -65,7 +66,8 @@ def init_harmonize_bids_wf(*, records: list[T1wRecord], output_dir: Path, omp_nt
             harmonize_wf = init_harmonize_wf(
                 model_file=harmonize.model_file, target_site=harmonize.target_site,
                 sampler=harmonize.sampler, random_seed=random_seed,
-                device=harmonize.device, omp_nthreads=omp_nthreads, mem_mb=harmonize.mem_mb)
+                device=harmonize.device, omp_nthreads=omp_nthreads, mem_mb=harmonize.mem_mb,
+                match_intensities=harmonize.match_intensities)
             ds_harmonized_wf = init_ds_harmonized_wf(
                 output_dir=output_dir, source_entities=dict(record.entities), site=record.site)
             single_wf.connect([

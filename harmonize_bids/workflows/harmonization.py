@@ -14,6 +14,7 @@ from harmonize_bids.interfaces.images import ApplyMask
 
 def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSettings,
                       random_seed: int, device: str, omp_nthreads: int, mem_mb: int | None,
+                      match_intensities: bool = True,
                       name: str = "harmonize_wf") -> pe.Workflow:
     """Harmonize the template-space brain to ``target_site`` and resample it to T1w.
 
@@ -28,7 +29,10 @@ def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSet
            "clean-image estimate" if sampler.stop else "")
         + (f"; the mean of {sampler.samples} chains from independent initial noise"
            if sampler.samples > 1 else "")
-        + ") and resampled back to the T1w grid.")
+        + ")"
+        + (", its tissue intensity landmarks (CSF, grey and white matter medians) were "
+           "mapped onto those of the target site" if match_intensities else "")
+        + " and it was resampled back to the T1w grid.")
     inputnode = pe.Node(niu.IdentityInterface(fields=[
         "std_t1w", "std_mask", "t1w_preproc", "brain_mask", "std2t1w_xfm"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["std_harmonized", "harmonized",
@@ -36,7 +40,7 @@ def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSet
     harmonize = pe.Node(Harmonize(
         model_file=str(model_file), target_site=target_site, steps=sampler.steps,
         strength=sampler.strength, stop_at=sampler.stop, samples=sampler.samples,
-        random_seed=random_seed,
+        match_intensities=match_intensities, random_seed=random_seed,
         device=device, mem_mb=mem_mb or 0, num_threads=omp_nthreads),
         name="harmonize", n_procs=omp_nthreads, mem_gb=(mem_mb or 4096) / 1024)
     to_t1w = pe.Node(ApplyTransform(interpolation="linear", num_threads=omp_nthreads),

@@ -1,0 +1,143 @@
+"""Tissue intensity landmarks and mapping an image onto a site's."""
+import numpy as np
+import pytest
+
+from harmonize_bids import site_intensity as si
+from harmonize_bids.diffusion.model import ModelConfig
+
+
+def three_tissue_brain(means=(0.3, 0.6, 0.9), fractions=(0.2, 0.4, 0.4), noise=0.02, seed=0):
+    """A 3D 'brain' of three tissues with the given means and volume fractions."""
+    rng = np.random.default_rng(seed)
+    shape = (40, 40, 20)
+    n = int(np.prod(shape))
+    labels = rng.choice(3, size=n, p=fractions)
+    image = np.asarray(means)[labels] + rng.normal(0, noise, n)
+    mask = np.ones(shape, bool)
+    mask[:2] = False
+    image = image.reshape(shape)
+    return np.where(mask, image, 0), mask
+
+
+def test_landmarks_find_the_tissue_medians():
+    image, mask = three_tissue_brain()
+    lm = si.tissue_landmarks(image, mask)
+    assert lm.shape == (5,)
+    np.testing.assert_allclose(lm[1:4], [0.3, 0.6, 0.9], atol=0.01)
+    assert lm[0] < lm[1] and lm[3] < lm[4]
+
+
+def test_landmarks_do_not_depend_on_tissue_volumes():
+    a = si.tissue_landmarks(*three_tissue_brain(fractions=(0.1, 0.3, 0.6)))
+    b = si.tissue_landmarks(*three_tissue_brain(fractions=(0.4, 0.4, 0.2), seed=1))
+    np.testing.assert_allclose(a[1:4], b[1:4], atol=0.01)
+
+
+def test_piecewise_linear_hand_values():
+    src, tgt = np.array([0.0, 1.0, 2.0]), np.array([0.0, 2.0, 3.0])
+    out = si.piecewise_linear(np.array([-1.0, 0.5, 1.5, 3.0]), src, tgt)
+    np.testing.assert_allclose(out, [-2.0, 1.0, 2.5, 4.0])
+
+
+def test_match_moves_tissue_medians_to_the_target_and_keeps_order():
+    image, mask = three_tissue_brain(means=(0.2, 0.5, 0.95))
+    target = [0.1, 0.3, 0.65, 0.85, 1.0]
+    out = si.match_landmarks(image, mask, target)
+    np.testing.assert_allclose(si.tissue_landmarks(out, mask)[1:4], target[1:4], atol=0.01)
+    assert np.all(out[~mask] == 0) and out.min() >= 0
+    # monotone: the ordering of in-mask voxels is unchanged
+    order = np.argsort(image[mask], kind="stable")
+    assert np.all(np.diff(out[mask][order]) >= -1e-6)
+
+
+def test_match_onto_own_landmarks_changes_nothing():
+    image, mask = three_tissue_brain()
+    out = si.match_landmarks(image, mask, si.tissue_landmarks(image, mask))
+    np.testing.assert_allclose(out[mask], image[mask], atol=1e-5)
+
+
+def test_flat_image_is_refused():
+    mask = np.ones((8, 8, 4), bool)
+    with pytest.raises(ValueError):
+        si.match_landmarks(np.full(mask.shape, 0.5), mask, [0.1, 0.3, 0.6, 0.9, 1.0])
+
+
+@pytest.mark.parametrize("bad", [[0.1, 0.3, 0.2, 0.9, 1.0], [0.1, 0.3, 0.6], [0, 1, 2, 3, np.nan]])
+def test_bad_target_landmarks_are_refused(bad):
+    with pytest.raises(ValueError):
+        si.check_landmarks(bad)
+
+
+def test_site_landmarks_average_per_site_and_skip_degenerate_images():
+    a1, m = three_tissue_brain(means=(0.3, 0.6, 0.9))
+    a2, _ = three_tissue_brain(means=(0.32, 0.62, 0.92), seed=3)
+    flat = np.where(m, 0.5, 0.0)
+    out = si.site_landmarks({"a": [(a1, m), (a2, m)], "b": [(flat, m)]})
+    assert set(out) == {"a"}
+    np.testing.assert_allclose(out["a"][1:4], [0.31, 0.61, 0.91], atol=0.01)
+
+
+def test_model_config_keeps_and_checks_site_landmarks():
+    lm = [0.1, 0.3, 0.6, 0.9, 1.0]
+    config = ModelConfig(sites=("a", "b"), site_landmarks={"a": lm})
+    assert ModelConfig.from_dict(config.to_dict()).site_landmarks == {"a": lm}
+    with pytest.raises(ValueError, match="does not know"):
+        ModelConfig(sites=("a",), site_landmarks={"b": lm})
+    with pytest.raises(ValueError, match="increase"):
+        ModelConfig(sites=("a",), site_landmarks={"a": lm[::-1]})
+
+
+def test_end_percentile_tied_with_a_median_is_left_out():
+    image, mask = three_tissue_brain(means=(0.0, 0.5, 0.9), noise=0.0)  # CSF all at 0
+    image[mask & (image == 0)] = 0.0
+    out = si.match_landmarks(image + 0.0, mask, [0.1, 0.3, 0.65, 0.85, 1.0])
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(np.unique(out[mask]), [0.3, 0.65, 0.85], atol=1e-6)
+
+
+def test_harmonize_step_matches_the_target_site_landmarks(tmp_path, monkeypatch):
+    """The participant level's harmonization step ends with the target site's landmarks."""
+    import nibabel as nb
+    import torch
+
+    import harmonize_bids.diffusion.volume as volume
+
+    # the network is not under test here: let it return a contrast-changed copy
+    monkeypatch.setattr(volume, "harmonize_volume",
+                        lambda model, low, mask, *a, **k: np.where(mask, 0.8 * low + 0.05, 0))
+
+    from harmonize_bids.diffusion.checkpoint import save_model
+    from harmonize_bids.diffusion.model import HarmonizationModel
+    from harmonize_bids.diffusion.schedule import SamplerSettings
+    from harmonize_bids.interfaces.harmonize import harmonize_std_image
+
+    torch.manual_seed(0)
+    target = [0.12, 0.3, 0.62, 0.86, 1.02]
+    config = ModelConfig(sites=("a", "b"), base_channels=8, channel_mults=(1, 2),
+                         attention_levels=(), encoder_channels=8, cond_channels=2,
+                         voxel_mm=4.0, site_landmarks={"a": target})
+    model_file = save_model(HarmonizationModel(config), tmp_path / "m.safetensors")
+    image, mask = three_tissue_brain(means=(0.3, 0.6, 0.9), noise=0.05)
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    nb.Nifti1Image(image.astype(np.float32), affine).to_filename(tmp_path / "std.nii.gz")
+    nb.Nifti1Image(mask.astype(np.uint8), affine).to_filename(tmp_path / "mask.nii.gz")
+    sampler = SamplerSettings(steps=2)
+    logged = []
+    kwargs = dict(sampler=sampler, device="cpu", log=logged.append)
+    meta = harmonize_std_image(tmp_path / "std.nii.gz", tmp_path / "mask.nii.gz", model_file,
+                               "a", tmp_path / "out.nii.gz", **kwargs)
+    assert meta["TissueIntensitiesMatched"] is True, logged
+    out = np.asarray(nb.load(tmp_path / "out.nii.gz").dataobj)
+    np.testing.assert_allclose(si.tissue_landmarks(out, mask)[1:4], target[1:4], atol=0.02)
+    # site b has no landmarks in this model: the output is kept as sampled, and we say so
+    meta = harmonize_std_image(tmp_path / "std.nii.gz", tmp_path / "mask.nii.gz", model_file,
+                               "b", tmp_path / "out_b.nii.gz", **kwargs)
+    assert meta["TissueIntensitiesMatched"] is False
+    assert any("no tissue intensity landmarks for 'b'" in m for m in logged)
+    # switched off (--no-match-intensities)
+    meta = harmonize_std_image(tmp_path / "std.nii.gz", tmp_path / "mask.nii.gz", model_file,
+                               "a", tmp_path / "out_off.nii.gz", match_intensities=False,
+                               **kwargs)
+    assert meta["TissueIntensitiesMatched"] is False
+    off = np.asarray(nb.load(tmp_path / "out_off.nii.gz").dataobj)
+    assert not np.allclose(off, out)
