@@ -21,7 +21,12 @@ Stages
    rendered without a bias field: the model sees N4-corrected images in the app, so
    its targets are bias-free, and the training sources get a small random residual
    bias instead (:class:`~harmonize_bids.training.data.PairedSlices`).
-3. **Training** for ``--minutes`` (``--threads``; bf16 autocast only where the CPU or
+3. **Target-site tissue landmarks** (:mod:`harmonize_bids.site_intensity`): for
+   each site of the model, the mean CSF/GM/WM median intensities of what the app
+   sees from that site: the preprocessed IXI brains, and N4-corrected renders of
+   every third training anatomy (``site_landmarks.json``).  ``--landmarks-only``
+   writes them into an existing ``--output`` model (weights unchanged) and stops.
+4. **Training** for ``--minutes`` (``--threads``; bf16 autocast only where the CPU or
    GPU computes bf16 natively), EMA weights, then the model and its card are written
    into the package.
 
@@ -115,6 +120,57 @@ def simulated_volumes(sim_dir: Path):
     return vols, masks
 
 
+def n4_brain(t1w: Path, mask: np.ndarray) -> np.ndarray:
+    """The participant level's N4 of a whole-head image, then its normalized brain."""
+    import tempfile
+
+    from harmonize_bids.interfaces.ants import n4_correct
+    from harmonize_bids.training.data import normalize_brain
+    from harmonize_bids.workflows.anatomical import AntsSettings
+
+    settings = AntsSettings.for_run(sloppy=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "n4.nii.gz"
+        n4_correct(t1w, out, grid_mm=settings.n4_grid_mm, iterations=settings.n4_iterations,
+                   num_threads=2)
+        return normalize_brain(np.asarray(nb.load(out).dataobj, np.float32), mask)
+
+
+def target_landmarks(work: Path, sim_dir: Path, ixi_vols: dict, ixi_masks: dict,
+                     every: int = 3) -> dict[str, list[float]]:
+    """Tissue landmarks of every model site (cached in ``work/site_landmarks.json``)."""
+    from harmonize_bids.evaluation import read_simulated_dataset
+    from harmonize_bids.site_intensity import site_landmarks
+
+    cache = work / "site_landmarks.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    images = {IXI_SITE: [(v[IXI_SITE], ixi_masks[s]) for s, v in ixi_vols.items()]}
+    renders = read_simulated_dataset(sim_dir)
+    chosen = sorted({img.anatomy for img in renders})[::every]
+    todo = [img for img in renders if img.site in SIM_TARGETS and img.anatomy in chosen]
+    for k, img in enumerate(todo):
+        mask = np.asarray(nb.load(img.brain_mask).dataobj) > 0
+        images.setdefault(img.site, []).append((n4_brain(img.t1w, mask), mask))
+        log(f"landmarks: N4 {k + 1}/{len(todo)} ({img.anatomy}, {img.site})")
+    landmarks = site_landmarks(images)
+    cache.write_text(json.dumps(landmarks, indent=1))
+    return landmarks
+
+
+def write_landmarks(model_path: Path, landmarks: dict[str, list[float]]) -> None:
+    """Rewrite a model file with ``landmarks`` in its config (weights and card kept)."""
+    from harmonize_bids.diffusion.checkpoint import load_model, save_model
+
+    model, card = load_model(model_path)
+    model.config = dataclasses.replace(model.config, site_landmarks=landmarks)
+    card = {k: v for k, v in card.items() if k not in ("config", "sites", "sha256", "weights")}
+    card.setdefault("training", {})["site_landmarks"] = (
+        "added after training by --landmarks-only (weights unchanged)")
+    save_model(model, model_path, card=card)
+    log(f"wrote tissue landmarks of {sorted(landmarks)} into {model_path}")
+
+
 def stage_seconds(marker: Path) -> float:
     """Seconds a finished stage took (recorded in its marker file; 0 if unknown)."""
     try:
@@ -144,6 +200,9 @@ def main() -> None:
                         help="protocol-shifted copies of each IXI brain (sources)")
     parser.add_argument("--base-channels", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=12)
+    parser.add_argument("--landmarks-only", action="store_true",
+                        help="compute the target-site tissue landmarks, write them into the "
+                             "existing --output model (weights unchanged) and stop")
     parser.add_argument("--output", type=Path,
                         default=REPO / "harmonize_bids" / "data" / "models" /
                         "harmonize_bids_default.safetensors")
@@ -187,7 +246,15 @@ def main() -> None:
         (work / "simulated_done").write_text(f"{time.monotonic() - t0:.0f}\n")
     t_sim = stage_seconds(work / "simulated_done")
 
-    # 3. training
+    # 3. target-site tissue landmarks (before the shifted copies: those are no site's images)
+    train_ixi = [s for s, _ in subjects[:args.n_ixi]]
+    volumes, masks, used = ixi_volumes(ixi_bids, ixi_out, train_ixi, 2.0)
+    landmarks = target_landmarks(work, sim_dir, volumes, masks)
+    if args.landmarks_only:
+        write_landmarks(args.output, landmarks)
+        return
+
+    # 4. training
     import torch
 
     from harmonize_bids import __version__
@@ -204,14 +271,13 @@ def main() -> None:
     )
 
     torch.set_num_threads(args.threads)
-    train_ixi = [s for s, _ in subjects[:args.n_ixi]]
-    volumes, masks, used = ixi_volumes(ixi_bids, ixi_out, train_ixi, 2.0)
     log(f"{len(used)} IXI brains; rendering {args.shifted_copies} shifted copies of each ...")
     add_shifted_copies(volumes, masks, args.shifted_copies, np.random.default_rng(7))
     sim_vols, _ = simulated_volumes(sim_dir)
     volumes.update({f"sim-{k}": v for k, v in sim_vols.items()})
     log(f"{len(sim_vols)} simulated anatomies x {len(next(iter(sim_vols.values())))} protocols")
-    config = ModelConfig(sites=MODEL_SITES, base_channels=args.base_channels, voxel_mm=2.0)
+    config = ModelConfig(sites=MODEL_SITES, base_channels=args.base_channels, voxel_mm=2.0,
+                         site_landmarks=landmarks)
     data = PairedSlices(volumes, list(MODEL_SITES), context_slices=config.context_slices,
                         crop=(64, 64), augment=1.5)
     device = resolve_device(args.device)
