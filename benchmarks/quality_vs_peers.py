@@ -22,7 +22,9 @@ Methods: no harmonization; intensity-normalization's Nyúl (standard scale learn
 from the target site's other held-out images), WhiteStripe and z-score (mapped
 onto a target-site reference); ANTs histogram matching to a target-site
 reference (another held-out anatomy); ours at each ``--steps`` x ``--stop-at`` x
-``--samples``.
+``--samples``, each also with its tissue intensities matched to the target site's
+(``+ tissue match``, what the participant level writes by default) when the model
+stores site landmarks.
 
     python benchmarks/quality_vs_peers.py --steps 10 --stop-at 0 0.3 --out-dir /tmp/hb_quality
 """
@@ -45,6 +47,7 @@ from train_simulated import merge_results, ras_volumes, save_harmonized, subset_
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 UNSEEN = ["siemens15tlowsnr", "clinical15tthick"]
+IXI = "ixi-hh"
 
 
 def log(msg: str) -> None:
@@ -71,11 +74,18 @@ def load(path: Path) -> np.ndarray:
     return np.asarray(nb.load(path).dataobj, np.float32)
 
 
-def ours_name(sampler) -> str:
-    """``ours (S=10)``, ``ours (S=5x2)`` (2 averaged chains), ``ours (S=10, stop 0.3)``."""
+def ours_name(sampler, matched: bool = False) -> str:
+    """``ours (S=10)``, ``ours (S=5x2)`` (2 averaged chains), ``ours (S=10, stop 0.3)``;
+    ``... + tissue match`` when the output's tissue landmarks were mapped onto the target's."""
     chains = f"x{sampler.samples}" if sampler.samples > 1 else ""
     stop = f", stop {sampler.stop:g}" if sampler.stop else ""
-    return f"ours (S={sampler.steps}{chains}{stop})"
+    return f"ours (S={sampler.steps}{chains}{stop})" + (" + tissue match" if matched else "")
+
+
+def match_variants(model, targets: list[str]) -> tuple[bool, ...]:
+    """Score the tissue-matched output beside the sampled one when the model has landmarks."""
+    has = all(t in model.config.site_landmarks for t in [*targets, IXI])
+    return (False, True) if has else (False,)
 
 
 def test_dataset(sites: list[str], held_out: list[str], out: Path, threads: int = 1) -> Path:
@@ -101,11 +111,12 @@ def held_out_label_maps(card: dict, n_test: int) -> list[str]:
 
 
 def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
-                    threads: int = 1) -> list:
+                    threads: int = 1, matches: tuple[bool, ...] = (False,)) -> list:
     from harmonize_bids.derivatives import init_derivatives
     from harmonize_bids.diffusion.volume import harmonize_volume
     from harmonize_bids.evaluation import evaluate, read_simulated_dataset
     from harmonize_bids.simulate.protocols import PROTOCOLS
+    from harmonize_bids.site_intensity import match_landmarks
 
     held_out = held_out_label_maps(card, n_test)
     sim_sites = [s for s in model.config.sites if s in PROTOCOLS]
@@ -140,24 +151,37 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
         tables.append((name, merged, (time.monotonic() - t0) / n))
         log(f"{name} done")
     for sampler in samplers:
-        merged, t0, n = None, time.monotonic(), 0
+        merged = {m: None for m in matches}
+        seconds = {m: 0.0 for m in matches}
+        n = 0
         for target in targets:
-            deriv = out / (f"ours_s{sampler.steps}_stop{sampler.stop:g}"
-                           f"_n{sampler.samples}_{target}")
-            init_derivatives(deriv, test_ds)
+            derivs = {m: out / (f"ours_s{sampler.steps}_stop{sampler.stop:g}"
+                                f"_n{sampler.samples}{'_matched' if m else ''}_{target}")
+                      for m in matches}
+            for deriv in derivs.values():
+                init_derivatives(deriv, test_ds)
             for img in images:
                 if img.site == target:
                     continue
                 src, mask = vols[img.anatomy][img.site], masks[img.anatomy]
+                t0 = time.monotonic()
                 res = harmonize_volume(model, src, mask, model.config.site_index(target),
                                        sampler, seed=0)
-                meta = {"TargetSite": target, "SourceSite": img.site, **sampler.metadata()}
-                save_harmonized(deriv, img, to_native(res, img.t1w), meta)
+                spent = time.monotonic() - t0
+                for m, deriv in derivs.items():
+                    t1 = time.monotonic()
+                    final = match_landmarks(res, mask, model.config.site_landmarks[target]) \
+                        if m else res
+                    seconds[m] += spent + time.monotonic() - t1
+                    meta = {"TargetSite": target, "SourceSite": img.site,
+                            **sampler.metadata(), "TissueIntensitiesMatched": m}
+                    save_harmonized(deriv, img, to_native(final, img.t1w), meta)
                 n += 1
-            merged = merge_results(merged, evaluate(test_ds, deriv))
-        sec = (time.monotonic() - t0) / n
-        tables.append((ours_name(sampler), merged, sec))
-        log(f"{ours_name(sampler)}: {sec:.1f} s per volume")
+            for m, deriv in derivs.items():
+                merged[m] = merge_results(merged[m], evaluate(test_ds, deriv))
+        for m in matches:
+            tables.append((ours_name(sampler, m), merged[m], seconds[m] / n))
+            log(f"{ours_name(sampler, m)}: {seconds[m] / n:.1f} s per volume")
     return tables, held_out
 
 
@@ -176,13 +200,14 @@ def n4_array(image: np.ndarray, voxel_mm: float) -> np.ndarray:
         return load(path)
 
 
-def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int
-              ) -> tuple[str, list]:
+def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int,
+              matches: tuple[bool, ...] = (False,)) -> tuple[str, list]:
     """Real held-out IXI brains, re-rendered by unseen random protocols, back to ixi-hh."""
     from harmonize_bids import metrics
     from harmonize_bids.diffusion.volume import harmonize_volume
     from harmonize_bids.simulate.protocols import random_protocol
     from harmonize_bids.simulate.shift import shift_real_image
+    from harmonize_bids.site_intensity import match_landmarks
     from harmonize_bids.training.data import normalize_brain
     from harmonize_bids.training.group import load_training_volumes
     from harmonize_bids.utils.bids import T1wRecord
@@ -197,7 +222,7 @@ def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int
     rng = np.random.default_rng(90210)  # never used in training
     site = model.config.site_index("ixi-hh")
     rows = {name: [] for name in ["no harmonization", *peer_methods(),
-                                  *(ours_name(sm) for sm in samplers)]}
+                                  *(ours_name(sm, m) for sm in samplers for m in matches)]}
     times = {name: 0.0 for name in rows}
     for i, sub in enumerate(used):
         truth, mask = volumes[sub]["ixi-hh"], masks[sub]
@@ -213,12 +238,21 @@ def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int
                 candidates[name] = (lambda fn=fn, name=name: fn(
                     src, mask, others if name.startswith("Nyul") else others[i % len(others):][:1]))
             for sm in samplers:
-                candidates[ours_name(sm)] = (lambda sm=sm: harmonize_volume(
-                    model, src, mask, site, sm, seed=0))
+                sampled: dict = {}
+                candidates[ours_name(sm)] = (lambda sm=sm, sampled=sampled: sampled.setdefault(
+                    "out", harmonize_volume(model, src, mask, site, sm, seed=0)))
+                if True in matches:  # reuses the chain above (its time is added below)
+                    candidates[ours_name(sm, True)] = (lambda sampled=sampled: match_landmarks(
+                        sampled["out"], mask, model.config.site_landmarks[IXI]))
+            spent = {}
             for name, run in candidates.items():
                 t0 = time.monotonic()
                 out = run()
-                times[name] += time.monotonic() - t0
+                spent[name] = time.monotonic() - t0
+                chain = name.removesuffix(" + tissue match")
+                if chain != name:
+                    spent[name] += spent[chain]
+                times[name] += spent[name]
                 rows[name].append(metrics.compare(out, truth, mask))
         log(f"IXI {sub} done")
     n = len(used) * n_shifts
@@ -299,10 +333,11 @@ def main() -> None:
     t0 = time.monotonic()
     samplers = [SamplerSettings(steps=st, stop=sp, samples=n)
                 for st in args.steps for sp in args.stop_at for n in args.samples]
+    matches = match_variants(model, args.targets)
     tables, held_out = simulated_track(model, card, args.targets, samplers, args.out_dir,
-                                       args.n_test, args.threads)
+                                       args.n_test, args.threads, matches)
     ixi_text, ixi_used = ixi_track(model, card, args.ixi_derivatives, samplers,
-                                   args.ixi_shifts)
+                                   args.ixi_shifts, matches)
     lines = [
         "# Quality vs. peers, on data the model never trained on", "",
         f"- command: `python benchmarks/quality_vs_peers.py {' '.join(sys.argv[1:])}`",
