@@ -28,7 +28,11 @@ Stages
    writes them into an existing ``--output`` model (weights unchanged) and stops.
 4. **Training** for ``--minutes`` (``--threads``; bf16 autocast only where the CPU or
    GPU computes bf16 natively), EMA weights, then the model and its card are written
-   into the package.
+   into the package.  ``--init-from MODEL`` starts from an earlier model's weights
+   (:mod:`~harmonize_bids.training.warm_start`: with ``--source-input`` the
+   denoiser's first layer gains zero-initialized channels for the source stack);
+   ``--run-name`` keeps each run's resumable state in its own folder of ``--work``
+   while the stages above are shared.
 
 IXI is CC BY-SA 3.0: the card acknowledges it, and so must anyone redistributing it.
 """
@@ -200,6 +204,15 @@ def main() -> None:
                         help="protocol-shifted copies of each IXI brain (sources)")
     parser.add_argument("--base-channels", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=12)
+    parser.add_argument("--source-input", action="store_true",
+                        help="the denoiser also reads the source slice stack (the detail "
+                             "path, ModelConfig.source_input)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start from this model's weights (same sites and network; "
+                             "--source-input may add the source channels)")
+    parser.add_argument("--run-name", default="",
+                        help="keep this run's training state in WORK/RUN_NAME (the data "
+                             "stages stay shared)")
     parser.add_argument("--landmarks-only", action="store_true",
                         help="compute the target-site tissue landmarks, write them into the "
                              "existing --output model (weights unchanged) and stop")
@@ -277,17 +290,35 @@ def main() -> None:
     volumes.update({f"sim-{k}": v for k, v in sim_vols.items()})
     log(f"{len(sim_vols)} simulated anatomies x {len(next(iter(sim_vols.values())))} protocols")
     config = ModelConfig(sites=MODEL_SITES, base_channels=args.base_channels, voxel_mm=2.0,
-                         site_landmarks=landmarks)
+                         site_landmarks=landmarks, source_input=args.source_input)
+    model = HarmonizationModel(config)
+    init = None
+    if args.init_from:
+        from harmonize_bids.diffusion.checkpoint import file_sha256, load_model
+        from harmonize_bids.training.warm_start import warm_start
+
+        earlier, earlier_card = load_model(args.init_from)
+        if dataclasses.replace(earlier.config, source_input=config.source_input,
+                               site_landmarks=landmarks) != config:
+            raise SystemExit(f"{args.init_from}: another network or site list; cannot start "
+                             "from it")
+        widened = warm_start(model, earlier.state_dict())
+        init = {"file": args.init_from.name, "sha256": file_sha256(args.init_from),
+                "steps": earlier_card.get("training", {}).get("steps"),
+                "widened": widened}
+        log(f"starting from {args.init_from} ({init['steps']} steps); widened {widened}")
     data = PairedSlices(volumes, list(MODEL_SITES), context_slices=config.context_slices,
                         crop=(64, 64), augment=1.5)
     device = resolve_device(args.device)
     train_config = TrainConfig(lr=2e-4, bf16=use_bf16(device), log_every=200, seed=0)
-    loop = TrainLoop(HarmonizationModel(config), lambda r: data.sample(args.batch_size, r),
+    loop = TrainLoop(model, lambda r: data.sample(args.batch_size, r),
                      train_config, device=device)
-    state = work / "training_state.safetensors"
+    run_dir = work / args.run_name if args.run_name else work
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = run_dir / "training_state.safetensors"
     trained_s = 0.0
     if load_state(loop, state):
-        trained_s = json.loads((work / "training_time.json").read_text())["seconds"]
+        trained_s = json.loads((run_dir / "training_time.json").read_text())["seconds"]
         log(f"resuming at step {loop.step} ({trained_s / 60:.1f} min done)")
     while trained_s < args.minutes * 60:
         t0 = time.monotonic()
@@ -295,10 +326,10 @@ def main() -> None:
         trained_s += time.monotonic() - t0
         if loop.step % 500 == 0:
             save_state(loop, state)
-            (work / "training_time.json").write_text(json.dumps({"seconds": trained_s}))
+            (run_dir / "training_time.json").write_text(json.dumps({"seconds": trained_s}))
     # the final state too, so a larger --minutes later resumes exactly where this run ended
     save_state(loop, state)
-    (work / "training_time.json").write_text(json.dumps({"seconds": trained_s}))
+    (run_dir / "training_time.json").write_text(json.dumps({"seconds": trained_s}))
     hist = loop.history
     card = {
         "name": "harmonize_bids default model",
@@ -330,6 +361,8 @@ def main() -> None:
                      "max_loss_weight": train_config.max_loss_weight,
                      "simulated_bias_field": "none (N4-corrected targets); sources get a "
                                              f"residual bias up to {data.residual_bias}",
+                     "source_input": config.source_input,
+                     **({"initialized_from": init} if init else {}),
                      "preprocessing_minutes": round(t_ixi / 60, 1),
                      "simulation_minutes": round(t_sim / 60, 1)},
         "losses": {"first_200": float(np.mean([h["diffusion"] for h in hist[:200]])),
@@ -338,7 +371,7 @@ def main() -> None:
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     save_model(loop.ema, args.output, card=card)
-    (work / "history.json").write_text(json.dumps(hist))
+    (run_dir / "history.json").write_text(json.dumps(hist))
     log(f"wrote {args.output} ({loop.step} steps, {trained_s / 60:.1f} min)")
 
 

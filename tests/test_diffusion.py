@@ -103,7 +103,7 @@ class _Oracle(HarmonizationModel):
 
     clean: torch.Tensor
 
-    def forward(self, x_t, t, site, cond):
+    def forward(self, x_t, t, site, cond, source=None):
         ab = torch.as_tensor(self.schedule().alphas_cumprod, dtype=x_t.dtype)[t][:, None, None, None]
         eps = (x_t - ab.sqrt() * self.clean) / (1 - ab).sqrt()
         return NoiseSchedule.v_target(self.clean, eps, ab)
@@ -120,8 +120,9 @@ def test_sampler_with_perfect_predictions_returns_the_clean_image(steps, strengt
     assert torch.allclose(out, model.clean, atol=1e-4)
 
 
-def test_sampler_is_deterministic_pads_and_shares_noise():
-    model = tiny_model()
+@pytest.mark.parametrize("source_input", [False, True])
+def test_sampler_is_deterministic_pads_and_shares_noise(source_input):
+    model = tiny_model(source_input=source_input)
     src = torch.rand(4, 3, 18, 22)   # not a multiple of 2: padded inside
     run = lambda seed, **kw: harmonize_slices(  # noqa: E731
         model, src, 1, SamplerSettings(steps=4), generator=torch.Generator().manual_seed(seed),
@@ -198,7 +199,8 @@ def test_untrusted_model_files_are_refused(tmp_path):
 
 
 # ------------------------------------------------------------------ training
-def test_tiny_model_trains_and_loss_drops():
+@pytest.mark.parametrize("source_input", [False, True])
+def test_tiny_model_trains_and_loss_drops(source_input):
     from harmonize_bids.training.data import PairedSlices, normalize_brain
     from harmonize_bids.training.loop import TrainConfig, TrainLoop, training_losses
     from harmonize_bids.simulate.protocols import PROTOCOLS
@@ -212,7 +214,7 @@ def test_tiny_model_trains_and_loss_drops():
         volumes["toy"][name] = normalize_brain(np.asarray(img.dataobj, float),
                                                np.asarray(mask.dataobj))
     data = PairedSlices(volumes, ["siemens3tmprage", "ge15tspgr"], crop=(16, 16))
-    model = tiny_model(sites=("siemens3tmprage", "ge15tspgr"))
+    model = tiny_model(sites=("siemens3tmprage", "ge15tspgr"), source_input=source_input)
     loop = TrainLoop(model, lambda rng: data.sample(8, rng), TrainConfig(lr=2e-3, seed=0))
     fixed = data.sample(8, np.random.default_rng(1))
     t = torch.tensor([50, 200, 400, 600, 800, 900, 950, 999])
@@ -328,3 +330,35 @@ def test_residual_bias_is_smooth_bounded_and_seeded():
     assert np.abs(np.diff(log, axis=0)).max() < 0.01          # smooth
     assert np.array_equal(field, residual_bias((64, 48), np.random.default_rng(3), 0.05))
     assert np.all(residual_bias((8, 8), np.random.default_rng(0), 0.0) == 1.0)
+
+
+def test_warm_start_widens_the_input_and_keeps_the_function():
+    """A model given the source stack, started from one without it, computes the same thing."""
+    import dataclasses
+
+    from harmonize_bids.training.warm_start import warm_start, widen_input
+
+    torch.manual_seed(0)
+    old = tiny_model()
+    # make every layer matter (ResBlocks start with zeroed output convolutions)
+    with torch.no_grad():
+        for p in old.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    new = HarmonizationModel(dataclasses.replace(old.config, source_input=True))
+    widened = warm_start(new, old.state_dict())
+    assert widened == ["denoiser.inp.weight"]
+    old.eval(), new.eval()
+    src = torch.randn(2, 3, 16, 24)
+    x, t, s = torch.randn(2, 1, 16, 24), torch.tensor([5, 900]), torch.tensor([0, 1])
+    cond = old.encode(src)
+    torch.testing.assert_close(new(x, t, s, cond, src), old(x, t, s, cond))
+    # the new model does read the source once its new weights move
+    with torch.no_grad():
+        new.denoiser.inp.weight[:, -3:] += 0.1
+    assert not torch.allclose(new(x, t, s, cond, src), old(x, t, s, cond))
+    with pytest.raises(ValueError, match="pass source"):
+        new(x, t, s, cond)
+    with pytest.raises(ValueError, match="cannot widen"):
+        widen_input(torch.zeros(4, 5, 3, 3), torch.zeros(4, 3, 3, 3))
+    with pytest.raises(ValueError, match="do not fit"):
+        warm_start(new, {k: v for k, v in old.state_dict().items() if "site" not in k})

@@ -2,7 +2,14 @@
 
 One model serves all sites: a learned embedding per site is added to the
 timestep embedding and modulates every ResBlock (FiLM).  The anatomical
-condition ``c`` is concatenated to the noisy slice at the input.
+condition ``c`` is concatenated to the noisy slice at the input.  With
+``ModelConfig.source_input`` the source slice stack itself is concatenated too
+(a *detail path*, as in SR3/Palette image-to-image diffusion): ``c`` stays the
+domain-invariant description of anatomy that guides every step, while the
+denoiser can read fine anatomical detail that ``c``'s bottleneck cannot carry.
+Paired training (source at one site, target = the same anatomy at another)
+makes copying the source's contrast through this path cost loss, so the
+output's contrast still comes from the target site (``docs/model.md``).
 """
 from __future__ import annotations
 
@@ -30,6 +37,8 @@ class ModelConfig:
     attention_levels: tuple[int, ...] = (2,)
     encoder_channels: int = 16
     bottleneck_noise: float = 0.1
+    #: also feed the (2k+1)-slice source stack to the denoiser (the detail path)
+    source_input: bool = False
     dropout: float = 0.0
     prediction: str = "v"
     schedule: str = "cosine"
@@ -98,10 +107,16 @@ class HarmonizationModel(nn.Module):
         self.encoder = ConditionEncoder(config.context_slices, config.cond_channels,
                                         config.encoder_channels, config.channel_mults,
                                         config.bottleneck_noise)
-        self.denoiser = UNet(1 + config.cond_channels, 1, config.base_channels,
+        self.denoiser = UNet(self.denoiser_inputs(config), 1, config.base_channels,
                              config.channel_mults, config.num_res_blocks,
                              config.attention_levels, emb_dim, config.dropout)
         self.site_classifier = SiteClassifier(config.cond_channels, len(config.sites))
+
+    @staticmethod
+    def denoiser_inputs(config: ModelConfig) -> int:
+        """Input channels of the denoiser: x_t, the condition, and the source stack if used."""
+        source = 2 * config.context_slices + 1 if config.source_input else 0
+        return 1 + config.cond_channels + source
 
     def schedule(self) -> NoiseSchedule:
         return NoiseSchedule.make(self.config.num_timesteps, self.config.schedule)
@@ -112,7 +127,14 @@ class HarmonizationModel(nn.Module):
         return self.encoder(source, generator)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, site: torch.Tensor,
-                cond: torch.Tensor) -> torch.Tensor:
+                cond: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+        """Prediction for ``x_t``; ``source`` (the stack ``cond`` was encoded from) is
+        required when ``config.source_input`` and ignored otherwise."""
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
         emb = emb + self.site_embedding(site)
-        return self.denoiser(torch.cat([x_t, cond], dim=1), emb)
+        inputs = [x_t, cond]
+        if self.config.source_input:
+            if source is None:
+                raise ValueError("this model reads the source stack: pass source=")
+            inputs.append(source.to(x_t.dtype))
+        return self.denoiser(torch.cat(inputs, dim=1), emb)

@@ -76,7 +76,7 @@ def _chain(model: HarmonizationModel, src: torch.Tensor, cond: torch.Tensor, sit
     x0 = x
     for i, t in enumerate(timesteps):
         tt = torch.full((n,), t, dtype=torch.long, device=src.device)
-        out = model(x, tt, sites, cond)
+        out = model(x, tt, sites, cond, src)
         x0, eps = NoiseSchedule.x0_eps_from(config.prediction, out, x, ab[t])
         if i + 1 < len(timesteps):
             x = ddim_step(x0, eps, ab[timesteps[i + 1]], eta=sampler.eta, ab_t=ab[t],

@@ -61,7 +61,7 @@ def training_losses(model: HarmonizationModel, schedule: NoiseSchedule, batch: B
     ab = torch.as_tensor(schedule.alphas_cumprod, dtype=torch.float32)[t][:, None, None, None]
     cond = model.encode(batch.source, generator)
     x_t = NoiseSchedule.q_sample(batch.target, noise, ab)
-    out = model(x_t, t, batch.target_site, cond)
+    out = model(x_t, t, batch.target_site, cond, batch.source)
     pred = model.config.prediction
     target = {"eps": noise, "x0": batch.target,
               "v": NoiseSchedule.v_target(batch.target, noise, ab)}[pred]
