@@ -362,6 +362,7 @@ def main() -> None:
                      "simulated_bias_field": "none (N4-corrected targets); sources get a "
                                              f"residual bias up to {data.residual_bias}",
                      "source_input": config.source_input,
+                     "thick_slice_blur": data.slice_blur,
                      **({"initialized_from": init} if init else {}),
                      "preprocessing_minutes": round(t_ixi / 60, 1),
                      "simulation_minutes": round(t_sim / 60, 1)},

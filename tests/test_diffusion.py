@@ -362,3 +362,37 @@ def test_warm_start_widens_the_input_and_keeps_the_function():
         widen_input(torch.zeros(4, 5, 3, 3), torch.zeros(4, 3, 3, 3))
     with pytest.raises(ValueError, match="do not fit"):
         warm_start(new, {k: v for k, v in old.state_dict().items() if "site" not in k})
+
+
+def test_thick_slice_blur_smooths_one_axis_and_keeps_the_stack_shape():
+    from harmonize_bids.training.data import PairedSlices, thick_slice_blur
+
+    rng = np.random.default_rng(0)
+    vol = rng.random((20, 20, 12)).astype(np.float32)
+    box = (slice(2, 18), slice(4, 20))
+    seen = set()
+    for seed in range(12):
+        out = thick_slice_blur(vol, 5, 1, box, np.random.default_rng(seed))
+        raw = vol[box[0], box[1], 4:7]
+        assert out.shape == raw.shape
+        # the noise gets smoother: a blurred axis has smaller neighbour differences
+        diffs = [np.abs(np.diff(out, axis=a)).mean() / np.abs(np.diff(raw, axis=a)).mean()
+                 for a in range(3)]
+        seen.add(int(np.argmin(diffs)))
+        assert min(diffs) < 0.8
+        assert abs(out.mean() - raw.mean()) < 0.05
+    assert seen == {0, 1, 2}  # every axis gets blurred by some seed
+    # slice_blur=0 leaves sources as they were; 1 blurs every source, not the target
+    vols = {"a": {"s": vol, "t": vol[::-1].copy()}}
+    plain = PairedSlices(vols, ["s", "t"], crop=(8, 8), slice_blur=0.0, augment=0.0,
+                         residual_bias=0.0).sample(6, np.random.default_rng(1))
+    blurred = PairedSlices(vols, ["s", "t"], crop=(8, 8), slice_blur=1.0, augment=0.0,
+                           residual_bias=0.0).sample(6, np.random.default_rng(1))
+    assert not torch.allclose(plain.source, blurred.source)
+    # targets are never blurred: each is an exact crop of its site's volume
+    batch = PairedSlices(vols, ["s", "t"], crop=(8, 8), slice_blur=1.0, augment=0.0,
+                         residual_bias=0.0).sample(4, np.random.default_rng(2))
+    for i in range(4):
+        site = ["s", "t"][int(batch.target_site[i])]
+        assert any(np.allclose(batch.target[i, 0].numpy(), vols["a"][site][x:x + 8, y:y + 8, z])
+                   for x in range(13) for y in range(13) for z in range(1, 11))
