@@ -308,10 +308,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
-    parser.add_argument("--steps", type=int, nargs="+", default=[10])
-    parser.add_argument("--stop-at", type=float, nargs="+", default=[0.0],
+    parser.add_argument("--steps", type=int, nargs="+", default=[SamplerSettings.steps])
+    parser.add_argument("--stop-at", type=float, nargs="+", default=[SamplerSettings.stop],
                         help="sampler stops (SamplerSettings.stop); every steps x stop is run")
-    parser.add_argument("--samples", type=int, nargs="+", default=[1],
+    parser.add_argument("--samples", type=int, nargs="+", default=[SamplerSettings.samples],
                         help="averaged chains (SamplerSettings.samples); every steps x stop x "
                              "samples is run")
     parser.add_argument("--targets", nargs="+", default=["siemens3tmprage", "ge15tspgr"])

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import tomli_w
 
+from harmonize_bids.diffusion.schedule import SamplerSettings
+
 AnalysisLevel = Literal["participant", "group"]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -41,11 +43,11 @@ class Settings:
     target_site: str | None = None
     model: Path | None = None
     device: Device = "auto"
-    steps: int = 10
-    strength: float = 1.0
-    stop_at: float = 0.0
-    samples: int = 1
-    match_intensities: bool = True
+    steps: int = SamplerSettings.steps
+    strength: float = SamplerSettings.strength
+    stop_at: float = SamplerSettings.stop
+    samples: int = SamplerSettings.samples
+    match_intensities: bool = False
     train_steps: int = 2000
     batch_size: int = 12
     patch_size: int = 64
@@ -58,8 +60,6 @@ class Settings:
 
     def sampler(self):
         """The skip sampler's settings (:class:`~harmonize_bids.diffusion.schedule.SamplerSettings`)."""
-        from harmonize_bids.diffusion.schedule import SamplerSettings
-
         return SamplerSettings(steps=self.steps, strength=self.strength, stop=self.stop_at,
                                samples=self.samples)
 

@@ -140,8 +140,8 @@ def test_several_chains_average_their_clean_estimates():
     model = tiny_model()
     src = torch.rand(3, 3, 16, 16)
     noise = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(3))
-    one = [harmonize_slices(model, src, 1, SamplerSettings(steps=3), noise=noise[j:j + 1])
-           for j in range(2)]
+    single = SamplerSettings(steps=3, samples=1)
+    one = [harmonize_slices(model, src, 1, single, noise=noise[j:j + 1]) for j in range(2)]
     both = harmonize_slices(model, src, 1, SamplerSettings(steps=3, samples=2), noise=noise)
     assert not torch.allclose(one[0], one[1])
     assert torch.allclose(both, (one[0] + one[1]) / 2, atol=1e-6)

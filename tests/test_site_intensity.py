@@ -125,19 +125,18 @@ def test_harmonize_step_matches_the_target_site_landmarks(tmp_path, monkeypatch)
     logged = []
     kwargs = dict(sampler=sampler, device="cpu", log=logged.append)
     meta = harmonize_std_image(tmp_path / "std.nii.gz", tmp_path / "mask.nii.gz", model_file,
-                               "a", tmp_path / "out.nii.gz", **kwargs)
+                               "a", tmp_path / "out.nii.gz", match_intensities=True, **kwargs)
     assert meta["TissueIntensitiesMatched"] is True, logged
     out = np.asarray(nb.load(tmp_path / "out.nii.gz").dataobj)
     np.testing.assert_allclose(si.tissue_landmarks(out, mask)[1:4], target[1:4], atol=0.02)
     # site b has no landmarks in this model: the output is kept as sampled, and we say so
     meta = harmonize_std_image(tmp_path / "std.nii.gz", tmp_path / "mask.nii.gz", model_file,
-                               "b", tmp_path / "out_b.nii.gz", **kwargs)
+                               "b", tmp_path / "out_b.nii.gz", match_intensities=True, **kwargs)
     assert meta["TissueIntensitiesMatched"] is False
     assert any("no tissue intensity landmarks for 'b'" in m for m in logged)
-    # switched off (--no-match-intensities)
+    # off by default (--match-intensities is opt-in)
     meta = harmonize_std_image(tmp_path / "std.nii.gz", tmp_path / "mask.nii.gz", model_file,
-                               "a", tmp_path / "out_off.nii.gz", match_intensities=False,
-                               **kwargs)
+                               "a", tmp_path / "out_off.nii.gz", **kwargs)
     assert meta["TissueIntensitiesMatched"] is False
     off = np.asarray(nb.load(tmp_path / "out_off.nii.gz").dataobj)
     assert not np.allclose(off, out)

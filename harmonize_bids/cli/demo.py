@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-anatomies", type=int, default=1,
                         help="heads: the atlas, then deformed/flipped variants of it")
     parser.add_argument("--resolution", type=float, default=2.0, help="voxel size in mm")
-    parser.add_argument("--steps", type=int, default=10, help="denoising steps")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps (default: the participant level's)")
     parser.add_argument("--model", type=Path, default=None,
                         help="model file; default: the bundled model")
     parser.add_argument("--nprocs", type=int, default=None)
@@ -76,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         make_demo_dataset(bids_dir, opts.target_site, opts.sources, opts.n_anatomies,
                           opts.resolution)
     args = [str(bids_dir), str(deriv), "participant", "-w", str(out / "work"),
-            "--random-seed", "0", "--target-site", opts.target_site,
-            "--steps", str(opts.steps)]
+            "--random-seed", "0", "--target-site", opts.target_site]
+    if opts.steps:
+        args += ["--steps", str(opts.steps)]
     if opts.model:
         args += ["--model", str(opts.model)]
     if opts.nprocs:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from harmonize_bids import __version__
 from harmonize_bids.config import Settings
+from harmonize_bids.diffusion.schedule import SamplerSettings
 from harmonize_bids.exceptions import InputError, UsageError
 from harmonize_bids.utils.bids import clean_labels, load_bids_filters
 
@@ -107,27 +108,31 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="model file (.safetensors); default: the bundled model")
     model.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                        help="where the model runs; 'auto' uses a GPU when one is available")
-    model.add_argument("--steps", type=_positive_int, default=10,
+    model.add_argument("--steps", type=_positive_int, default=SamplerSettings.steps,
                        help="denoising steps of the skip sampler (network evaluations)")
-    model.add_argument("--strength", type=_strength, default=1.0,
+    model.add_argument("--strength", type=_strength, default=SamplerSettings.strength,
                        help="1: start from pure noise; <1: start from the noised source "
                             "(keeps more of the source, fewer noise levels to cross)")
-    model.add_argument("--stop-at", type=_stop_at, default=0.0, metavar="FRACTION",
+    model.add_argument("--stop-at", type=_stop_at, default=SamplerSettings.stop,
+                       metavar="FRACTION",
                        help="end the chain at this fraction of the noise schedule and return "
                             "the model's clean-image estimate there: 0 draws a full sample "
                             "(thermal-noise texture included); larger values average out what "
                             "the source cannot predict (smoother, closer to the truth on "
                             "average); must be below --strength")
-    model.add_argument("--samples", type=_positive_int, default=1, metavar="N",
+    model.add_argument("--samples", type=_positive_int, default=SamplerSettings.samples,
+                       metavar="N",
                        help="independent chains averaged into one image (an estimate of the "
                             "posterior mean: closer to the truth on average, N times the "
-                            "time); e.g. --steps 5 --samples 2 costs as much as --steps 10")
+                            "time); the default 5 steps x 2 chains costs as much as --steps 10 "
+                            "--samples 1 and scores better")
     model.add_argument("--match-intensities", action=argparse.BooleanOptionalAction,
-                       default=True,
+                       default=False,
                        help="finish each harmonized brain by mapping its CSF, grey- and "
                             "white-matter median intensities onto the target site's (stored "
-                            "in the model): removes the source's remaining histogram "
-                            "character without imposing tissue volumes")
+                            "in the model): makes the source site a little harder to tell "
+                            "from the output's histogram, at a small cost in similarity to "
+                            "the true target image (benchmarks/results/quality_vs_peers.md)")
     model.add_argument("--model-info", action="store_true",
                        help="print the model card of --model (or the bundled model) as JSON "
                             "and exit")

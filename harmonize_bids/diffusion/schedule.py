@@ -148,13 +148,18 @@ class SamplerSettings:
         Independent chains (different initial noise, the same condition), averaged:
         an estimate of the posterior mean, which is what squared-error scores such as
         PSNR reward. Each chain costs ``steps`` network evaluations.
+
+    The defaults (5 steps x 2 chains: 10 network evaluations) are the app's defaults
+    everywhere (command line, :class:`~harmonize_bids.config.Settings`, demo): on the
+    held-out slab diagnostic they beat 10 steps x 1 chain, which costs the same, for
+    every bundled model tried (``benchmarks/results/detail_path_ab.md``).
     """
 
-    steps: int = 10
+    steps: int = 5
     strength: float = 1.0
     stop: float = 0.0
     eta: float = 0.0
-    samples: int = 1
+    samples: int = 2
 
     def __post_init__(self):
         respace(1000, self.steps, self.strength, self.stop)  # raises on bad values

@@ -49,7 +49,7 @@ def _fit(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, target_site: str,
                         out_file: Path, sampler: SamplerSettings = SamplerSettings(), *,
                         seed: int = 0, device: str = "auto", mem_mb: int | None = None,
-                        num_threads: int = 1, match_intensities: bool = True,
+                        num_threads: int = 1, match_intensities: bool = False,
                         log=print) -> dict[str, Any]:
     """Harmonize a template-space brain; write ``out_file``; return sidecar metadata."""
     import torch
@@ -113,11 +113,11 @@ class _HarmonizeInputSpec(BaseInterfaceInputSpec):
     mask_file = File(exists=True, mandatory=True)
     model_file = File(exists=True, mandatory=True)
     target_site = traits.Str(mandatory=True)
-    steps = traits.Int(10, usedefault=True)
-    strength = traits.Float(1.0, usedefault=True)
-    stop_at = traits.Float(0.0, usedefault=True)
-    samples = traits.Int(1, usedefault=True)
-    match_intensities = traits.Bool(True, usedefault=True,
+    steps = traits.Int(SamplerSettings.steps, usedefault=True)
+    strength = traits.Float(SamplerSettings.strength, usedefault=True)
+    stop_at = traits.Float(SamplerSettings.stop, usedefault=True)
+    samples = traits.Int(SamplerSettings.samples, usedefault=True)
+    match_intensities = traits.Bool(False, usedefault=True,
                                     desc="map the output's tissue intensities onto the target's")
     random_seed = traits.Int(0, usedefault=True)
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True, nohash=True)

@@ -14,7 +14,7 @@ from harmonize_bids.interfaces.images import ApplyMask
 
 def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSettings,
                       random_seed: int, device: str, omp_nthreads: int, mem_mb: int | None,
-                      match_intensities: bool = True,
+                      match_intensities: bool = False,
                       name: str = "harmonize_wf") -> pe.Workflow:
     """Harmonize the template-space brain to ``target_site`` and resample it to T1w.
 
