@@ -21,9 +21,9 @@ B. **Real texture, unseen scanners -> ixi-hh**: held-out IXI Hammersmith brains
 Methods: no harmonization; intensity-normalization's Nyúl (standard scale learned
 from the target site's other held-out images), WhiteStripe and z-score (mapped
 onto a target-site reference); ANTs histogram matching to a target-site
-reference (another held-out anatomy); ours at each ``--steps`` x ``--stop-at`` x
-``--samples``, each also with its tissue intensities matched to the target site's
-(``+ tissue match``, what the participant level writes by default) when the model
+reference (another held-out anatomy); ours at each ``--steps`` x ``--strength`` x
+``--stop-at`` x ``--samples``, each also with its tissue intensities matched to the
+target site's (``+ tissue match``, what ``--match-intensities`` writes) when the model
 stores site landmarks.
 
     python benchmarks/quality_vs_peers.py --steps 10 --stop-at 0 0.3 --out-dir /tmp/hb_quality
@@ -75,11 +75,14 @@ def load(path: Path) -> np.ndarray:
 
 
 def ours_name(sampler, matched: bool = False) -> str:
-    """``ours (S=10)``, ``ours (S=5x2)`` (2 averaged chains), ``ours (S=10, stop 0.3)``;
+    """``ours (S=10)``, ``ours (S=5x2)`` (2 averaged chains), ``ours (S=10, stop 0.3)``,
+    ``ours (S=5x2, strength 0.7)``;
     ``... + tissue match`` when the output's tissue landmarks were mapped onto the target's."""
     chains = f"x{sampler.samples}" if sampler.samples > 1 else ""
     stop = f", stop {sampler.stop:g}" if sampler.stop else ""
-    return f"ours (S={sampler.steps}{chains}{stop})" + (" + tissue match" if matched else "")
+    start = f", strength {sampler.strength:g}" if sampler.strength != 1 else ""
+    return (f"ours (S={sampler.steps}{chains}{start}{stop})"
+            + (" + tissue match" if matched else ""))
 
 
 def match_variants(model, targets: list[str]) -> tuple[bool, ...]:
@@ -155,7 +158,8 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
         seconds = {m: 0.0 for m in matches}
         n = 0
         for target in targets:
-            derivs = {m: out / (f"ours_s{sampler.steps}_stop{sampler.stop:g}"
+            start = f"_str{sampler.strength:g}" if sampler.strength != 1 else ""
+            derivs = {m: out / (f"ours_s{sampler.steps}{start}_stop{sampler.stop:g}"
                                 f"_n{sampler.samples}{'_matched' if m else ''}_{target}")
                       for m in matches}
             for deriv in derivs.values():
@@ -309,6 +313,10 @@ def main() -> None:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
     parser.add_argument("--steps", type=int, nargs="+", default=[SamplerSettings.steps])
+    parser.add_argument("--strength", type=float, nargs="+",
+                        default=[SamplerSettings.strength],
+                        help="where each chain starts (SamplerSettings.strength; < 1: the "
+                             "noised source); every steps x strength x stop x samples is run")
     parser.add_argument("--stop-at", type=float, nargs="+", default=[SamplerSettings.stop],
                         help="sampler stops (SamplerSettings.stop); every steps x stop is run")
     parser.add_argument("--samples", type=int, nargs="+", default=[SamplerSettings.samples],
@@ -331,8 +339,9 @@ def main() -> None:
     model, card = load_model(model_file)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    samplers = [SamplerSettings(steps=st, stop=sp, samples=n)
-                for st in args.steps for sp in args.stop_at for n in args.samples]
+    samplers = [SamplerSettings(steps=st, strength=sg, stop=sp, samples=n)
+                for st in args.steps for sg in args.strength for sp in args.stop_at
+                for n in args.samples]
     matches = match_variants(model, args.targets)
     tables, held_out = simulated_track(model, card, args.targets, samplers, args.out_dir,
                                        args.n_test, args.threads, matches)
