@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                           opts.resolution)
     args = [str(bids_dir), str(deriv), "participant", "-w", str(out / "work"),
             "--random-seed", "0", "--target-site", opts.target_site]
-    if opts.steps:
+    if opts.steps is not None:
         args += ["--steps", str(opts.steps)]
     if opts.model:
         args += ["--model", str(opts.model)]
