@@ -8,7 +8,10 @@ sent to every ``--targets`` site, with each variant of
 :class:`~harmonize_bids.diffusion.schedule.SamplerSettings` and, optionally,
 :func:`harmonize_bids.postprocess.transfer_detail` on the output.  All variants
 of one source share the initial noise (chain j of every variant starts from noise j).  Prints SSIM / PSNR / tissue Dice per
-pair and their means, and writes them to ``--results``.
+pair and their means, and the site predictability of each variant's slabs
+(:func:`harmonize_bids.metrics.site_predictability`: can the source site be told
+from the output's histogram? with ``--n-test 4`` each source has 4 slabs per
+target), and writes them to ``--results``.
 
     python benchmarks/sampler_variants.py --variant S10=10,1,0 S5x2=5,1,0,2 \
         "S10+detail=10,1,0,1,1.0" --n-test 2
@@ -95,6 +98,8 @@ def main() -> None:
     mult = model.config.multiple
     names = ["none"] + [name for name, _, _ in args.variant]
     scores: dict[tuple[str, str], list[dict]] = {}
+    #: (variant, target) -> [(slab, mask, source site)], for site predictability
+    outputs: dict[tuple[str, str], list] = {}
     t0 = time.monotonic()
     for anatomy in sorted(vols)[:args.n_test]:
         mask = masks[anatomy]
@@ -111,6 +116,7 @@ def main() -> None:
                 h, w = stacks.shape[-2:]
                 nz = noise[..., :h + (-h) % mult, :w + (-w) % mult]
                 row = {"none": metrics.compare(src[:, :, slab], truth, m3, tissues)}
+                outputs.setdefault(("none", target), []).append((src[:, :, slab], m3, site))
                 cache: dict[tuple, np.ndarray] = {}
                 for name, key, sigma in args.variant:
                     if key not in cache:
@@ -123,6 +129,7 @@ def main() -> None:
                     if sigma:
                         vol = transfer_detail(vol, src[:, :, slab], m3, sigma_vox=sigma)
                     row[name] = metrics.compare(vol, truth, m3, tissues)
+                    outputs.setdefault((name, target), []).append((vol, m3, site))
                 scores.setdefault((site, target), []).append(row)
         log(f"{anatomy} done ({time.monotonic() - t0:.0f} s)")
     head = "| source → target | " + " | ".join(names) + " |"
@@ -137,6 +144,14 @@ def main() -> None:
         lines.append(f"| {site} → {target} | " + " | ".join(cells) + " |")
     lines.append("| **mean** | " + " | ".join(
         "{:.3f} / {:.2f} / {:.3f}".format(*np.mean(means[n], 0)) for n in names) + " |")
+    pred = {n: [metrics.site_predictability(*zip(*outputs[n, t]))["accuracy"]
+                for t in args.targets] for n in names}
+    lines += ["", "Site predictability (source site told from the slab's histogram; chance "
+              f"{1 / len({s for _, _, s in outputs['none', args.targets[0]]}):.2f}), per "
+              f"target {args.targets} and mean:", "",
+              "| " + " | ".join(names) + " |", "|" + "---|" * len(names),
+              "| " + " | ".join(" / ".join(f"{a:.2f}" for a in pred[n]) +
+                                f" (**{np.mean(pred[n]):.2f}**)" for n in names) + " |"]
     spec = ", ".join(f"{n} = steps {k[0]}, strength {k[1]:g}, stop {k[2]:g}, chains {k[3]}"
                      + (f", detail σ {s:g} vox" if s else "") for n, k, s in args.variant)
     text = "\n".join([

@@ -210,6 +210,9 @@ def main() -> None:
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start from this model's weights (same sites and network; "
                              "--source-input may add the source channels)")
+    parser.add_argument("--distribution-weight", type=float, default=0.0,
+                        help="weight of the in-brain intensity-distribution term "
+                             "(TrainConfig.distribution_weight; 0: off)")
     parser.add_argument("--run-name", default="",
                         help="keep this run's training state in WORK/RUN_NAME (the data "
                              "stages stay shared)")
@@ -310,7 +313,8 @@ def main() -> None:
     data = PairedSlices(volumes, list(MODEL_SITES), context_slices=config.context_slices,
                         crop=(64, 64), augment=1.5)
     device = resolve_device(args.device)
-    train_config = TrainConfig(lr=2e-4, bf16=use_bf16(device), log_every=200, seed=0)
+    train_config = TrainConfig(lr=2e-4, bf16=use_bf16(device), log_every=200, seed=0,
+                               distribution_weight=args.distribution_weight)
     loop = TrainLoop(model, lambda r: data.sample(args.batch_size, r),
                      train_config, device=device)
     run_dir = work / args.run_name if args.run_name else work
@@ -359,6 +363,7 @@ def main() -> None:
                      "learning_rate": 2e-4, "minutes": round(trained_s / 60, 1),
                      "bf16": train_config.bf16, "threads": args.threads,
                      "max_loss_weight": train_config.max_loss_weight,
+                     "distribution_weight": train_config.distribution_weight,
                      "simulated_bias_field": "none (N4-corrected targets); sources get a "
                                              f"residual bias up to {data.residual_bias}",
                      "source_input": config.source_input,

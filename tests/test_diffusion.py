@@ -311,6 +311,59 @@ def test_training_loss_uses_the_weights():
     assert float(capped) < float(plain)
 
 
+def test_distribution_loss_sees_values_not_places():
+    """W2^2 of in-brain intensities: a spatial shuffle costs nothing, a narrowed
+    distribution costs its squared quantile error; outside the brain is ignored."""
+    from harmonize_bids.training.loop import distribution_loss
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 2:14, 2:14] = 0.5 + 0.1 * torch.randn(2, 1, 12, 12, generator=g)
+    ab = torch.ones(2)
+    flat = target.flatten(1).clone()
+    inside = flat[0] > 0
+    flat[0, inside] = flat[0, inside][torch.randperm(int(inside.sum()), generator=g)]
+    shuffled = flat.view_as(target)
+    assert float(distribution_loss(shuffled, target, ab)) < 1e-12
+    # outside the brain the prediction may be anything
+    noisy_outside = torch.where(target > 0, target, torch.randn(target.shape, generator=g))
+    assert float(distribution_loss(noisy_outside, target, ab)) < 1e-12
+    # shrinking every value halfway to the mean: W2^2 = (1/2)^2 * variance
+    mean = target[target > 0].view(2, -1).mean(1)[:, None, None, None]
+    narrowed = torch.where(target > 0, mean + 0.5 * (target - mean), 0.0)
+    var = target[target > 0].view(2, -1).var(1, unbiased=False)
+    expected = float((0.25 * var).mean())
+    assert abs(float(distribution_loss(narrowed, target, ab)) - expected) < 1e-6
+    # ab weights each sample; samples with too little brain are left out
+    half = distribution_loss(narrowed, target, torch.tensor([1.0, 0.0]))
+    assert abs(float(half) - float(0.25 * var[0]) / 2) < 1e-6
+    empty = torch.zeros_like(target)
+    assert float(distribution_loss(narrowed, empty, ab)) == 0.0
+
+
+def test_distribution_term_enters_the_loss_and_has_gradients():
+    from harmonize_bids.training.data import Batch
+    from harmonize_bids.training.loop import TrainConfig, training_losses
+
+    model = tiny_model().eval()  # no bottleneck noise: both calls see the same condition
+    g = torch.Generator().manual_seed(0)
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 2:14, 2:14] = torch.rand(2, 1, 12, 12, generator=g)
+    batch = Batch(torch.rand(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g),
+                  target, torch.tensor([0, 1]), torch.tensor([0, 1]))
+    t, noise = torch.tensor([50, 300]), torch.randn(2, 1, 16, 16, generator=g)
+    sched = model.schedule()
+    off = training_losses(model, sched, batch, t, noise, TrainConfig())
+    assert "distribution" not in off
+    on = training_losses(model, sched, batch, t, noise, TrainConfig(distribution_weight=2.0))
+    assert float(on["distribution"]) > 0
+    assert torch.allclose(on["loss"], off["loss"] + 2.0 * on["distribution"])
+    model.zero_grad()
+    on["distribution"].backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0
+               for p in model.denoiser.parameters())
+
+
 def test_bf16_only_where_the_cpu_has_it():
     from harmonize_bids.training.loop import fast_bf16_on_cpu, use_bf16
 

@@ -6,7 +6,11 @@ slice, conditioned on the *source-site* condition; each sample weighted by
 do not take most of the gradient)
 + ``consistency_weight`` * MSE(c(source), c(same anatomy at another site))
 + ``adversary_weight`` * cross-entropy of a site classifier on c, whose
-gradient is reversed into the encoder (so c stops carrying the site).
+gradient is reversed into the encoder (so c stops carrying the site)
++ ``distribution_weight`` * :func:`distribution_loss` of the predicted clean
+slice (its in-brain intensity distribution against the target's, so that the
+output's histogram is the target site's whatever the source: the mean-seeking
+MSE alone lets noisy sources give wider and blurred ones narrower peaks).
 """
 from __future__ import annotations
 
@@ -41,6 +45,30 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     #: cap of the clean-image error weight (1 + SNR) of the diffusion loss; None: plain
     max_loss_weight: float | None = 5.0
+    #: weight of :func:`distribution_loss` (0: off, as in models before session 7)
+    distribution_weight: float = 0.0
+
+
+def distribution_loss(x0: torch.Tensor, target: torch.Tensor, ab: torch.Tensor,
+                      min_voxels: int = 64) -> torch.Tensor:
+    """Squared 2-Wasserstein distance between the in-brain intensities of the
+    predicted clean slices ``x0`` and of the ``target`` slices ``[B x 1 x H x W]``,
+    per sample, weighted by ``ab`` (nearly clean predictions count most: the
+    sampler's last step is one), averaged over samples with at least
+    ``min_voxels`` brain voxels (the brain is where ``target > 0``).
+
+    In 1D the optimal coupling pairs sorted values, so this is the mean squared
+    difference of the sorted in-brain values; it ignores where a value sits, only
+    which values occur (a spatial permutation costs nothing).
+    """
+    mask = target > 0
+    n = mask.flatten(1).sum(1)
+    outside = -1e4  # sorts first in both, paired with itself: contributes 0
+    xs = torch.where(mask, x0.float(), outside).flatten(1).sort(dim=1).values
+    ys = torch.where(mask, target.float(), outside).flatten(1).sort(dim=1).values
+    w2 = ((xs - ys) ** 2).sum(1) / n.clamp(min=1)
+    keep = (n >= min_voxels).float()
+    return (ab.flatten().float() * keep * w2).sum() / keep.sum().clamp(min=1)
 
 
 class UniformTimesteps:
@@ -68,6 +96,9 @@ def training_losses(model: HarmonizationModel, schedule: NoiseSchedule, batch: B
     weight = loss_weight(ab.flatten(), pred, config.max_loss_weight)
     per_sample = ((out.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
     losses = {"diffusion": (weight * per_sample).mean()}
+    if config.distribution_weight:
+        x0, _ = NoiseSchedule.x0_eps_from(pred, out.float(), x_t.float(), ab)
+        losses["distribution"] = distribution_loss(x0, batch.target, ab)
     if config.consistency_weight:
         cond_alt = model.encode(batch.source_alt, generator)
         losses["consistency"] = F.mse_loss(cond, cond_alt)
@@ -77,7 +108,8 @@ def training_losses(model: HarmonizationModel, schedule: NoiseSchedule, batch: B
         losses["adversary"] = F.cross_entropy(logits, batch.source_site[known])
     losses["loss"] = (losses["diffusion"]
                       + config.consistency_weight * losses.get("consistency", 0.0)
-                      + config.adversary_weight * losses.get("adversary", 0.0))
+                      + config.adversary_weight * losses.get("adversary", 0.0)
+                      + config.distribution_weight * losses.get("distribution", 0.0))
     return losses
 
 
