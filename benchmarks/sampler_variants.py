@@ -144,14 +144,15 @@ def main() -> None:
         lines.append(f"| {site} → {target} | " + " | ".join(cells) + " |")
     lines.append("| **mean** | " + " | ".join(
         "{:.3f} / {:.2f} / {:.3f}".format(*np.mean(means[n], 0)) for n in names) + " |")
-    pred = {n: [metrics.site_predictability(*zip(*outputs[n, t]))["accuracy"]
-                for t in args.targets] for n in names}
-    lines += ["", "Site predictability (source site told from the slab's histogram; chance "
-              f"{1 / len({s for _, _, s in outputs['none', args.targets[0]]}):.2f}), per "
-              f"target {args.targets} and mean:", "",
-              "| " + " | ".join(names) + " |", "|" + "---|" * len(names),
-              "| " + " | ".join(" / ".join(f"{a:.2f}" for a in pred[n]) +
-                                f" (**{np.mean(pred[n]):.2f}**)" for n in names) + " |"]
+    if args.n_test >= 2:  # the classifier needs two slabs per source site
+        pred = {n: [metrics.site_predictability(*zip(*outputs[n, t]))["accuracy"]
+                    for t in args.targets] for n in names}
+        lines += ["", "Site predictability (source site told from the slab's histogram; "
+                  f"chance {1 / len({s for _, _, s in outputs['none', args.targets[0]]}):.2f}),"
+                  f" per target {args.targets} and mean:", "",
+                  "| " + " | ".join(names) + " |", "|" + "---|" * len(names),
+                  "| " + " | ".join(" / ".join(f"{a:.2f}" for a in pred[n]) +
+                                    f" (**{np.mean(pred[n]):.2f}**)" for n in names) + " |"]
     spec = ", ".join(f"{n} = steps {k[0]}, strength {k[1]:g}, stop {k[2]:g}, chains {k[3]}"
                      + (f", detail σ {s:g} vox" if s else "") for n, k, s in args.variant)
     text = "\n".join([
