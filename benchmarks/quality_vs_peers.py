@@ -23,8 +23,9 @@ from the target site's other held-out images), WhiteStripe and z-score (mapped
 onto a target-site reference); ANTs histogram matching to a target-site
 reference (another held-out anatomy); ours at each ``--steps`` x ``--strength`` x
 ``--stop-at`` x ``--samples``, each also with its tissue intensities matched to the
-target site's (``+ tissue match``, what ``--match-intensities`` writes) when the model
-stores site landmarks.
+target site's landmarks stored in the model (``+ tissue match``: the tissue medians;
+``+ tissue quartile match``: the within-tissue quartiles, when the model stores them;
+what ``--match-intensities medians|quartiles`` writes).
 
     python benchmarks/quality_vs_peers.py --steps 10 --stop-at 0 0.3 --out-dir /tmp/hb_quality
 """
@@ -74,21 +75,39 @@ def load(path: Path) -> np.ndarray:
     return np.asarray(nb.load(path).dataobj, np.float32)
 
 
-def ours_name(sampler, matched: bool = False) -> str:
+MATCH_SUFFIX = {None: "", "medians": " + tissue match", "quartiles": " + tissue quartile match"}
+
+
+def ours_name(sampler, scheme: str | None = None) -> str:
     """``ours (S=10)``, ``ours (S=5x2)`` (2 averaged chains), ``ours (S=10, stop 0.3)``,
-    ``ours (S=5x2, strength 0.7)``;
-    ``... + tissue match`` when the output's tissue landmarks were mapped onto the target's."""
+    ``ours (S=5x2, strength 0.7)``; ``... + tissue match`` (``+ tissue quartile match``)
+    when the output's tissue medians (quartiles) were mapped onto the target site's."""
     chains = f"x{sampler.samples}" if sampler.samples > 1 else ""
     stop = f", stop {sampler.stop:g}" if sampler.stop else ""
     start = f", strength {sampler.strength:g}" if sampler.strength != 1 else ""
-    return (f"ours (S={sampler.steps}{chains}{start}{stop})"
-            + (" + tissue match" if matched else ""))
+    return f"ours (S={sampler.steps}{chains}{start}{stop})" + MATCH_SUFFIX[scheme]
 
 
-def match_variants(model, targets: list[str]) -> tuple[bool, ...]:
-    """Score the tissue-matched output beside the sampled one when the model has landmarks."""
-    has = all(t in model.config.site_landmarks for t in [*targets, IXI])
-    return (False, True) if has else (False,)
+def match_variants(model, targets: list[str]) -> tuple[str | None, ...]:
+    """The landmark schemes to score beside the sampled output (``None``): those the
+    model's stored landmarks of every target (and ``ixi-hh``) allow."""
+    from harmonize_bids.site_intensity import SCHEMES, per_tissue_of
+
+    stored = [model.config.site_landmarks.get(t) for t in [*targets, IXI]]
+    if any(s is None for s in stored):
+        return (None,)
+    finest = min(per_tissue_of(s) for s in stored)
+    return (None, *(name for name, k in SCHEMES.items() if k <= finest))
+
+
+def matched(image, mask, model, site: str, scheme: str | None):
+    """``image`` as sampled (``scheme`` None) or mapped onto ``site``'s stored landmarks."""
+    from harmonize_bids.site_intensity import SCHEMES, coarsen, match_landmarks
+
+    if scheme is None:
+        return image
+    return match_landmarks(image, mask, coarsen(model.config.site_landmarks[site],
+                                                SCHEMES[scheme]))
 
 
 def test_dataset(sites: list[str], held_out: list[str], out: Path, threads: int = 1) -> Path:
@@ -114,12 +133,11 @@ def held_out_label_maps(card: dict, n_test: int) -> list[str]:
 
 
 def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
-                    threads: int = 1, matches: tuple[bool, ...] = (False,)) -> list:
+                    threads: int = 1, matches: tuple[str | None, ...] = (None,)) -> list:
     from harmonize_bids.derivatives import init_derivatives
     from harmonize_bids.diffusion.volume import harmonize_volume
     from harmonize_bids.evaluation import evaluate, read_simulated_dataset
     from harmonize_bids.simulate.protocols import PROTOCOLS
-    from harmonize_bids.site_intensity import match_landmarks
 
     held_out = held_out_label_maps(card, n_test)
     sim_sites = [s for s in model.config.sites if s in PROTOCOLS]
@@ -160,7 +178,7 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
         for target in targets:
             start = f"_str{sampler.strength:g}" if sampler.strength != 1 else ""
             derivs = {m: out / (f"ours_s{sampler.steps}{start}_stop{sampler.stop:g}"
-                                f"_n{sampler.samples}{'_matched' if m else ''}_{target}")
+                                f"_n{sampler.samples}{f'_{m}' if m else ''}_{target}")
                       for m in matches}
             for deriv in derivs.values():
                 init_derivatives(deriv, test_ds)
@@ -174,11 +192,10 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
                 spent = time.monotonic() - t0
                 for m, deriv in derivs.items():
                     t1 = time.monotonic()
-                    final = match_landmarks(res, mask, model.config.site_landmarks[target]) \
-                        if m else res
+                    final = matched(res, mask, model, target, m)
                     seconds[m] += spent + time.monotonic() - t1
                     meta = {"TargetSite": target, "SourceSite": img.site,
-                            **sampler.metadata(), "TissueIntensitiesMatched": m}
+                            **sampler.metadata(), "TissueIntensitiesMatched": m or False}
                     save_harmonized(deriv, img, to_native(final, img.t1w), meta)
                 n += 1
             for m, deriv in derivs.items():
@@ -205,13 +222,12 @@ def n4_array(image: np.ndarray, voxel_mm: float) -> np.ndarray:
 
 
 def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int,
-              matches: tuple[bool, ...] = (False,)) -> tuple[str, list]:
+              matches: tuple[str | None, ...] = (None,)) -> tuple[str, list]:
     """Real held-out IXI brains, re-rendered by unseen random protocols, back to ixi-hh."""
     from harmonize_bids import metrics
     from harmonize_bids.diffusion.volume import harmonize_volume
     from harmonize_bids.simulate.protocols import random_protocol
     from harmonize_bids.simulate.shift import shift_real_image
-    from harmonize_bids.site_intensity import match_landmarks
     from harmonize_bids.training.data import normalize_brain
     from harmonize_bids.training.group import load_training_volumes
     from harmonize_bids.utils.bids import T1wRecord
@@ -245,15 +261,17 @@ def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int,
                 sampled: dict = {}
                 candidates[ours_name(sm)] = (lambda sm=sm, sampled=sampled: sampled.setdefault(
                     "out", harmonize_volume(model, src, mask, site, sm, seed=0)))
-                if True in matches:  # reuses the chain above (its time is added below)
-                    candidates[ours_name(sm, True)] = (lambda sampled=sampled: match_landmarks(
-                        sampled["out"], mask, model.config.site_landmarks[IXI]))
+                for m in matches[1:]:  # reuse the chain above (its time is added below)
+                    candidates[ours_name(sm, m)] = (lambda sampled=sampled, m=m: matched(
+                        sampled["out"], mask, model, IXI, m))
             spent = {}
             for name, run in candidates.items():
                 t0 = time.monotonic()
                 out = run()
                 spent[name] = time.monotonic() - t0
-                chain = name.removesuffix(" + tissue match")
+                chain = name
+                for suffix in filter(None, MATCH_SUFFIX.values()):
+                    chain = chain.removesuffix(suffix)
                 if chain != name:
                     spent[name] += spent[chain]
                 times[name] += spent[name]

@@ -6,20 +6,25 @@ shift the tissue peaks), so the source site stays predictable from the output's
 histogram.  A site's *tissue landmarks* are a few intensities that belong to the
 scanner, not to the brain:
 
-    (0.5th percentile, CSF median, GM median, WM median, 99.5th percentile)
+    (0.5th percentile, CSF quantiles, GM quantiles, WM quantiles, 99.5th percentile)
 
 of a brain normalized as the model sees it (99th percentile = 1), with the
 tissue classes from an intensity-only 3-class Gaussian mixture
-(:func:`harmonize_bids.metrics.tissue_segmentation`).  Unlike a full histogram
-(which Nyúl and histogram matching impose), they do not depend on how much of
-each tissue a brain has, so mapping onto them leaves anatomy alone.
+(:func:`harmonize_bids.metrics.tissue_segmentation`).  Each tissue contributes
+``k`` evenly spaced quantiles (:func:`tissue_levels`): ``k = 1`` gives its median
+(the *medians* scheme: where each tissue peak sits), ``k = 3`` its quartiles (the
+*quartiles* scheme: where it sits and how wide it is).  A landmark vector has
+``2 + 3 k`` values, so its length says which scheme it is.  Unlike a full
+histogram (which Nyúl and histogram matching impose), landmarks do not depend on
+how much of each tissue a brain has, so mapping onto them leaves anatomy alone.
 
 :func:`match_landmarks` maps an image's own landmarks piecewise-linearly onto
 given ones (a monotone map: the ordering of voxels, hence edges and
 structures, is kept; end segments extrapolate linearly).  The model stores the
 mean landmarks of every site it knows (:func:`site_landmarks`, from its
 training targets), so the participant level can finish each harmonized brain
-with the target site's tissue intensities.
+with the target site's tissue intensities; :func:`coarsen` takes the medians out
+of stored quartiles.
 """
 from __future__ import annotations
 
@@ -27,40 +32,90 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-#: what the five numbers of a landmark vector are
-LANDMARK_NAMES = ("p0.5", "csf_median", "gm_median", "wm_median", "p99.5")
+#: the landmark schemes by name: quantiles per tissue
+SCHEMES = {"medians": 1, "quartiles": 3}
+TISSUES = ("csf", "gm", "wm")
 
 
-def tissue_landmarks(image: np.ndarray, mask: np.ndarray, random_state: int = 0) -> np.ndarray:
-    """The five tissue landmarks (:data:`LANDMARK_NAMES`) of the in-mask intensities."""
+def tissue_levels(per_tissue: int) -> tuple[float, ...]:
+    """The ``per_tissue`` evenly spaced quantile levels of a tissue.
+
+    >>> tissue_levels(1), tissue_levels(3)
+    ((0.5,), (0.25, 0.5, 0.75))
+    """
+    if int(per_tissue) < 1:
+        raise ValueError(f"need at least one quantile per tissue, got {per_tissue}")
+    return tuple(i / (per_tissue + 1) for i in range(1, per_tissue + 1))
+
+
+def landmark_names(per_tissue: int = 1) -> tuple[str, ...]:
+    """What the values of a landmark vector are, e.g. ``('p0.5', 'csf_q50', ..., 'p99.5')``."""
+    levels = tissue_levels(per_tissue)
+    return ("p0.5", *(f"{t}_q{round(100 * q):d}" for t in TISSUES for q in levels), "p99.5")
+
+
+#: what the five numbers of a medians-scheme landmark vector are
+LANDMARK_NAMES = landmark_names(1)
+
+
+def per_tissue_of(landmarks: Sequence[float]) -> int:
+    """How many quantiles per tissue a landmark vector holds (``ValueError`` if no scheme)."""
+    n = len(landmarks)
+    if n < 5 or (n - 2) % 3:
+        raise ValueError(f"a landmark vector has 2 + 3 k values (k >= 1), got {n}")
+    return (n - 2) // 3
+
+
+def tissue_landmarks(image: np.ndarray, mask: np.ndarray, per_tissue: int = 1,
+                     random_state: int = 0) -> np.ndarray:
+    """The tissue landmarks (:func:`landmark_names`) of the in-mask intensities."""
     from harmonize_bids.metrics import tissue_segmentation
 
+    levels = tissue_levels(per_tissue)
     mask = np.asarray(mask) > 0
     image = np.asarray(image, dtype=np.float64)
     labels = tissue_segmentation(image, mask, random_state=random_state)
     values = image[mask]
-    medians = []
+    inner = []
     for k in (1, 2, 3):
         tissue = image[labels == k]
         if tissue.size == 0:
             raise ValueError(f"tissue class {k} is empty; cannot compute landmarks")
-        medians.append(float(np.median(tissue)))
+        inner.extend(np.quantile(tissue, levels).tolist())
     low, high = np.percentile(values, [0.5, 99.5])
-    return np.array([low, *medians, high], dtype=np.float64)
+    return np.array([low, *inner, high], dtype=np.float64)
 
 
 def check_landmarks(landmarks: Sequence[float]) -> np.ndarray:
-    """``landmarks`` as an array, or ``ValueError`` unless 5 finite, strictly increasing values."""
+    """``landmarks`` as an array, or ``ValueError`` unless ``2 + 3 k`` finite, strictly
+    increasing values."""
     arr = np.asarray(landmarks, dtype=np.float64)
-    if arr.shape != (len(LANDMARK_NAMES),) or not np.all(np.isfinite(arr)):
-        raise ValueError(f"need {len(LANDMARK_NAMES)} finite landmarks, got {landmarks!r}")
+    if arr.ndim != 1 or not np.all(np.isfinite(arr)):
+        raise ValueError(f"need a vector of finite landmarks, got {landmarks!r}")
+    per_tissue_of(arr)
     if not np.all(np.diff(arr) > 0):
         raise ValueError(f"landmarks must increase strictly, got {arr.round(4).tolist()}")
     return arr
 
 
-def site_landmarks(images: Mapping[str, Iterable[tuple[np.ndarray, np.ndarray]]]
-                   ) -> dict[str, list[float]]:
+def coarsen(landmarks: Sequence[float], per_tissue: int) -> np.ndarray:
+    """The landmarks of the coarser scheme ``per_tissue`` taken out of finer ones.
+
+    >>> coarsen([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0], 1).tolist()
+    [0.1, 0.3, 0.6, 0.9, 1.0]
+    """
+    arr = check_landmarks(landmarks)
+    have = tissue_levels(per_tissue_of(arr))
+    want = tissue_levels(per_tissue)
+    if not set(want) <= set(have):
+        raise ValueError(f"levels {want} are not among the stored ones {have}")
+    k = len(have)
+    keep = [0, *(1 + t * k + have.index(q) for t in range(3) for q in want), len(arr) - 1]
+    return arr[keep]
+
+
+def site_landmarks(images: Mapping[str, Iterable[tuple[np.ndarray, np.ndarray]]],
+                   per_tissue: int = SCHEMES["quartiles"]) -> dict[str, list[float]]:
     """``{site: mean landmarks}`` over each site's ``(image, mask)`` pairs (rounded to 1e-4).
 
     Images whose landmarks are degenerate (a tissue class empty, no strict
@@ -71,7 +126,7 @@ def site_landmarks(images: Mapping[str, Iterable[tuple[np.ndarray, np.ndarray]]]
         rows = []
         for image, mask in pairs:
             try:
-                rows.append(check_landmarks(tissue_landmarks(image, mask)))
+                rows.append(check_landmarks(tissue_landmarks(image, mask, per_tissue)))
             except ValueError:
                 continue
         if rows:
@@ -98,18 +153,20 @@ def match_landmarks(image: np.ndarray, mask: np.ndarray, target: Sequence[float]
                     ) -> np.ndarray:
     """``image`` with its in-mask tissue landmarks mapped onto ``target`` (>= 0, 0 outside).
 
-    An end percentile that ties with its neighbouring tissue median (e.g. many
-    voxels at 0) is left out of the map.  Raises ``ValueError`` when the tissue
-    medians themselves do not increase (e.g. a flat image), so the caller can
+    The scheme (medians, quartiles) is ``target``'s.  An end percentile that ties
+    with its neighbouring tissue landmark (e.g. many voxels at 0) is left out of
+    the map.  Raises ``ValueError`` when the tissue landmarks themselves do not
+    increase (e.g. a flat image, or tissue classes that overlap), so the caller can
     keep the image as it is and say so.
     """
     mask = np.asarray(mask) > 0
     target_arr = check_landmarks(target)
-    own = tissue_landmarks(image, mask)
-    if not np.all(np.diff(own[1:4]) > 0):
-        raise ValueError(f"tissue medians do not increase: {own[1:4].round(4).tolist()}")
-    keep = [i for i in range(5) if i in (1, 2, 3) or (i == 0 and own[0] < own[1])
-            or (i == 4 and own[4] > own[3])]
+    own = tissue_landmarks(image, mask, per_tissue_of(target_arr))
+    last = len(own) - 1
+    if not np.all(np.diff(own[1:last]) > 0):
+        raise ValueError(f"tissue landmarks do not increase: {own[1:last].round(4).tolist()}")
+    keep = [i for i in range(len(own)) if 0 < i < last or (i == 0 and own[0] < own[1])
+            or (i == last and own[last] > own[last - 1])]
     out = np.zeros(np.shape(image), dtype=np.float32)
     values = np.asarray(image, dtype=np.float64)[mask]
     out[mask] = np.clip(piecewise_linear(values, own[keep], target_arr[keep]), 0, None)

@@ -56,6 +56,16 @@ def test_unknown_target_site_lists_known_sites(synthetic_bids, tiny_model_file, 
                  str(tiny_model_file), "--skip-bids-validation"])
     assert code == 64
     assert "siteA, siteB" in caplog.text
+
+
+def test_match_intensities_without_landmarks_is_refused_early(synthetic_bids, tiny_model_file,
+                                                              tmp_path, caplog):
+    code = main([str(synthetic_bids), str(tmp_path / "out"), "participant",
+                 "-w", str(tmp_path / "w"), "--target-site", "siteA", "--model",
+                 str(tiny_model_file), "--skip-bids-validation", "--match-intensities"])
+    assert code == 64
+    assert "no tissue intensity landmarks for 'siteA'" in caplog.text
+    assert not (tmp_path / "out" / "sub-01").exists()
     assert not (tmp_path / "out" / "sub-01").exists()
 
 
@@ -106,11 +116,12 @@ def test_group_level_trains_resumes_and_the_model_harmonizes(sloppy_run, tmp_pat
     code = main([str(sloppy_run["bids"]), str(out), "participant", "--sloppy", "-w",
                  str(tmp_path / "work2"), "--participant-label", "01", "--target-site", "siteC",
                  "--model", str(model), "--steps", "2", "--skip-bids-validation",
-                 "--nprocs", "2", "--match-intensities"])
+                 "--nprocs", "2", "--match-intensities", "quartiles"])
     assert code == 0
     assert (out / "sub-01/anat/sub-01_desc-harmonized_T1w.nii.gz").is_file()
     side = json.loads((out / "sub-01/anat/sub-01_desc-harmonized_T1w.json").read_text())
     assert side["TissueIntensitiesMatched"] is True
+    assert side["TissueIntensityLandmarks"] == "quartiles"
     # models/, reports and harmonized outputs together still pass the validator
     proc = subprocess.run([shutil.which("bids-validator-deno"), "--format", "json", str(out)],
                           capture_output=True, text=True)

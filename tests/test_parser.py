@@ -40,6 +40,7 @@ def test_version_exits_zero(capsys):
     ["bids", "out", "participant", "--no-such-option"],
     ["bids", "out", "participant", "--stop-at", "1"],
     ["bids", "out", "participant", "--samples", "0"],
+    ["bids", "out", "participant", "--match-intensities", "yes"],
 ])
 def test_usage_errors_exit_64(argv, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -161,3 +162,13 @@ def test_version_names_the_container_build_on_one_line(monkeypatch, capsys):
     assert exc.value.code == 0
     assert capsys.readouterr().out.strip().splitlines() == [
         f"harmonize_bids {__import__('harmonize_bids').__version__} ({build})"]
+
+
+@pytest.mark.parametrize("extra, scheme", [([], "none"), (["--match-intensities"], "medians"),
+                                           (["--match-intensities", "quartiles"], "quartiles"),
+                                           (["--match-intensities", "none"], "none")])
+def test_match_intensities_schemes(extra, scheme, tmp_path):
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    s = parse_args([str(bids), str(tmp_path / "out"), "participant", *extra])
+    assert s.match_intensities == scheme

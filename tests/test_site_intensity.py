@@ -19,6 +19,27 @@ def three_tissue_brain(means=(0.3, 0.6, 0.9), fractions=(0.2, 0.4, 0.4), noise=0
     return np.where(mask, image, 0), mask
 
 
+def write_tiny_model_and_brain(tmp_path, sites, landmarks):
+    """A random-weight model storing ``landmarks``, and a noisy three-tissue brain
+    (``std.nii.gz``, ``mask.nii.gz``, 4 mm) beside it; returns the model file."""
+    import nibabel as nb
+    import torch
+
+    from harmonize_bids.diffusion.checkpoint import save_model
+    from harmonize_bids.diffusion.model import HarmonizationModel
+
+    torch.manual_seed(0)
+    config = ModelConfig(sites=tuple(sites), base_channels=8, channel_mults=(1, 2),
+                         attention_levels=(), encoder_channels=8, cond_channels=2,
+                         voxel_mm=4.0, site_landmarks=landmarks)
+    model_file = save_model(HarmonizationModel(config), tmp_path / "m.safetensors")
+    image, mask = three_tissue_brain(means=(0.3, 0.6, 0.9), noise=0.05)
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    nb.Nifti1Image(image.astype(np.float32), affine).to_filename(tmp_path / "std.nii.gz")
+    nb.Nifti1Image(mask.astype(np.uint8), affine).to_filename(tmp_path / "mask.nii.gz")
+    return model_file
+
+
 def test_landmarks_find_the_tissue_medians():
     image, mask = three_tissue_brain()
     lm = si.tissue_landmarks(image, mask)
@@ -72,9 +93,65 @@ def test_site_landmarks_average_per_site_and_skip_degenerate_images():
     a1, m = three_tissue_brain(means=(0.3, 0.6, 0.9))
     a2, _ = three_tissue_brain(means=(0.32, 0.62, 0.92), seed=3)
     flat = np.where(m, 0.5, 0.0)
-    out = si.site_landmarks({"a": [(a1, m), (a2, m)], "b": [(flat, m)]})
+    out = si.site_landmarks({"a": [(a1, m), (a2, m)], "b": [(flat, m)]}, per_tissue=1)
     assert set(out) == {"a"}
     np.testing.assert_allclose(out["a"][1:4], [0.31, 0.61, 0.91], atol=0.01)
+    # the default stores quartiles, whose medians are the medians scheme
+    quartiles = si.site_landmarks({"a": [(a1, m), (a2, m)]})["a"]
+    assert len(quartiles) == 11
+    np.testing.assert_allclose(si.coarsen(quartiles, 1), out["a"], atol=2e-4)
+
+
+def test_scheme_names_and_levels():
+    assert si.landmark_names(1) == si.LANDMARK_NAMES == (
+        "p0.5", "csf_q50", "gm_q50", "wm_q50", "p99.5")
+    assert si.landmark_names(3)[1:4] == ("csf_q25", "csf_q50", "csf_q75")
+    assert [si.per_tissue_of([0] * n) for n in (5, 8, 11)] == [1, 2, 3]
+    for n in (3, 4, 6, 10):
+        with pytest.raises(ValueError, match="2 \\+ 3 k"):
+            si.per_tissue_of([0] * n)
+    with pytest.raises(ValueError):
+        si.tissue_levels(0)
+
+
+def test_quartile_landmarks_measure_each_tissue_spread():
+    noise = 0.03
+    image, mask = three_tissue_brain(noise=noise)
+    lm = si.tissue_landmarks(image, mask, per_tissue=3)
+    assert lm.shape == (11,)
+    half_iqr = 0.6745 * noise  # Gaussian quartiles sit at mean -+ 0.6745 sigma
+    for t, mean in enumerate((0.3, 0.6, 0.9)):
+        np.testing.assert_allclose(lm[1 + 3 * t:4 + 3 * t],
+                                   [mean - half_iqr, mean, mean + half_iqr], atol=0.004)
+
+
+def test_coarsen_takes_medians_out_of_quartiles_and_refuses_the_reverse():
+    quartiles = np.linspace(0.1, 1.1, 11)
+    np.testing.assert_allclose(si.coarsen(quartiles, 1), quartiles[[0, 2, 5, 8, 10]])
+    np.testing.assert_allclose(si.coarsen(quartiles, 3), quartiles)
+    with pytest.raises(ValueError, match="not among"):
+        si.coarsen(quartiles[[0, 2, 5, 8, 10]], 3)
+
+
+def test_quartile_match_narrows_a_wide_tissue_peak_and_medians_do_not():
+    """A noisy source's wide peaks are brought to the target's width only by quartiles."""
+    wide, mask = three_tissue_brain(noise=0.05, seed=1)
+    narrow, _ = three_tissue_brain(noise=0.02, seed=2)
+    target = si.tissue_landmarks(narrow, mask, per_tissue=3)
+
+    def wm_iqr(img):
+        lm = si.tissue_landmarks(img, mask, per_tissue=3)
+        return lm[9] - lm[7]
+
+    by_quartiles = si.match_landmarks(wide, mask, target)
+    by_medians = si.match_landmarks(wide, mask, si.coarsen(target, 1))
+    assert wm_iqr(wide) > 2 * wm_iqr(narrow)
+    np.testing.assert_allclose(wm_iqr(by_quartiles), wm_iqr(narrow), rtol=0.1)
+    # the medians map narrows a little only through its end segments
+    assert wm_iqr(by_medians) > 1.5 * wm_iqr(by_quartiles)
+    # still one monotone map: the ordering of in-mask voxels is kept
+    order = np.argsort(wide[mask], kind="stable")
+    assert np.all(np.diff(by_quartiles[mask][order]) >= -1e-6)
 
 
 def test_model_config_keeps_and_checks_site_landmarks():
@@ -85,6 +162,11 @@ def test_model_config_keeps_and_checks_site_landmarks():
         ModelConfig(sites=("a",), site_landmarks={"b": lm})
     with pytest.raises(ValueError, match="increase"):
         ModelConfig(sites=("a",), site_landmarks={"a": lm[::-1]})
+    quartiles = [round(v, 2) for v in np.linspace(0.1, 1.1, 11)]
+    config = ModelConfig(sites=("a",), site_landmarks={"a": quartiles})
+    assert ModelConfig.from_dict(config.to_dict()).site_landmarks == {"a": quartiles}
+    with pytest.raises(ValueError, match="2 \\+ 3 k"):
+        ModelConfig(sites=("a",), site_landmarks={"a": quartiles[:-1]})
 
 
 def test_end_percentile_tied_with_a_median_is_left_out():
@@ -98,7 +180,6 @@ def test_end_percentile_tied_with_a_median_is_left_out():
 def test_harmonize_step_matches_the_target_site_landmarks(tmp_path, monkeypatch):
     """The participant level's harmonization step ends with the target site's landmarks."""
     import nibabel as nb
-    import torch
 
     import harmonize_bids.diffusion.volume as volume
 
@@ -106,37 +187,72 @@ def test_harmonize_step_matches_the_target_site_landmarks(tmp_path, monkeypatch)
     monkeypatch.setattr(volume, "harmonize_volume",
                         lambda model, low, mask, *a, **k: np.where(mask, 0.8 * low + 0.05, 0))
 
-    from harmonize_bids.diffusion.checkpoint import save_model
-    from harmonize_bids.diffusion.model import HarmonizationModel
     from harmonize_bids.diffusion.schedule import SamplerSettings
     from harmonize_bids.interfaces.harmonize import harmonize_std_image
 
-    torch.manual_seed(0)
     target = [0.12, 0.3, 0.62, 0.86, 1.02]
-    config = ModelConfig(sites=("a", "b"), base_channels=8, channel_mults=(1, 2),
-                         attention_levels=(), encoder_channels=8, cond_channels=2,
-                         voxel_mm=4.0, site_landmarks={"a": target})
-    model_file = save_model(HarmonizationModel(config), tmp_path / "m.safetensors")
-    image, mask = three_tissue_brain(means=(0.3, 0.6, 0.9), noise=0.05)
-    affine = np.diag([4.0, 4.0, 4.0, 1.0])
-    nb.Nifti1Image(image.astype(np.float32), affine).to_filename(tmp_path / "std.nii.gz")
-    nb.Nifti1Image(mask.astype(np.uint8), affine).to_filename(tmp_path / "mask.nii.gz")
+    model_file = write_tiny_model_and_brain(tmp_path, ("a", "b"), {"a": target})
+    _, mask = three_tissue_brain(means=(0.3, 0.6, 0.9), noise=0.05)
     sampler = SamplerSettings(steps=2)
     logged = []
     kwargs = dict(sampler=sampler, device="cpu", log=logged.append)
     meta = harmonize_std_image(tmp_path / "std.nii.gz", tmp_path / "mask.nii.gz", model_file,
-                               "a", tmp_path / "out.nii.gz", match_intensities=True, **kwargs)
+                               "a", tmp_path / "out.nii.gz", match_intensities="medians",
+                               **kwargs)
     assert meta["TissueIntensitiesMatched"] is True, logged
+    assert meta["TissueIntensityLandmarks"] == "medians"
     out = np.asarray(nb.load(tmp_path / "out.nii.gz").dataobj)
     np.testing.assert_allclose(si.tissue_landmarks(out, mask)[1:4], target[1:4], atol=0.02)
     # site b has no landmarks in this model: the output is kept as sampled, and we say so
     meta = harmonize_std_image(tmp_path / "std.nii.gz", tmp_path / "mask.nii.gz", model_file,
-                               "b", tmp_path / "out_b.nii.gz", match_intensities=True, **kwargs)
+                               "b", tmp_path / "out_b.nii.gz", match_intensities="medians",
+                               **kwargs)
     assert meta["TissueIntensitiesMatched"] is False
+    assert "TissueIntensityLandmarks" not in meta
     assert any("no tissue intensity landmarks for 'b'" in m for m in logged)
+    # this model stores medians only: quartiles cannot be matched, and we say so
+    meta = harmonize_std_image(tmp_path / "std.nii.gz", tmp_path / "mask.nii.gz", model_file,
+                               "a", tmp_path / "out_q.nii.gz", match_intensities="quartiles",
+                               **kwargs)
+    assert meta["TissueIntensitiesMatched"] is False
+    assert any("stores 'medians' landmarks for 'a', not 'quartiles'" in m for m in logged)
+    with pytest.raises(ValueError, match="match_intensities"):
+        harmonize_std_image(tmp_path / "std.nii.gz", tmp_path / "mask.nii.gz", model_file,
+                            "a", tmp_path / "out_x.nii.gz", match_intensities="yes", **kwargs)
     # off by default (--match-intensities is opt-in)
     meta = harmonize_std_image(tmp_path / "std.nii.gz", tmp_path / "mask.nii.gz", model_file,
                                "a", tmp_path / "out_off.nii.gz", **kwargs)
     assert meta["TissueIntensitiesMatched"] is False
     off = np.asarray(nb.load(tmp_path / "out_off.nii.gz").dataobj)
     assert not np.allclose(off, out)
+
+
+def test_harmonize_step_matches_stored_quartiles(tmp_path, monkeypatch):
+    """A model storing quartiles serves both schemes; quartiles also set each tissue's spread."""
+    import nibabel as nb
+
+    import harmonize_bids.diffusion.volume as volume
+
+    monkeypatch.setattr(volume, "harmonize_volume",
+                        lambda model, low, mask, *a, **k: np.where(mask, low, 0))
+
+    from harmonize_bids.diffusion.schedule import SamplerSettings
+    from harmonize_bids.interfaces.harmonize import harmonize_std_image
+
+    narrow, mask = three_tissue_brain(means=(0.25, 0.55, 0.85), noise=0.02, seed=5)
+    target = [round(float(v), 4) for v in si.tissue_landmarks(narrow, mask, per_tissue=3)]
+    model_file = write_tiny_model_and_brain(tmp_path, ("a",), {"a": target})
+    outs = {}
+    for scheme in ("medians", "quartiles"):
+        meta = harmonize_std_image(tmp_path / "std.nii.gz", tmp_path / "mask.nii.gz",
+                                   model_file, "a", tmp_path / f"{scheme}.nii.gz",
+                                   sampler=SamplerSettings(steps=2), device="cpu",
+                                   match_intensities=scheme, log=print)
+        assert meta["TissueIntensityLandmarks"] == scheme
+        outs[scheme] = si.tissue_landmarks(
+            np.asarray(nb.load(tmp_path / f"{scheme}.nii.gz").dataobj), mask, per_tissue=3)
+    np.testing.assert_allclose(outs["quartiles"][1:10], target[1:10], atol=0.01)
+    np.testing.assert_allclose(outs["medians"][[2, 5, 8]], np.asarray(target)[[2, 5, 8]],
+                               atol=0.01)
+    wm_iqr = {k: v[9] - v[7] for k, v in outs.items()}
+    assert wm_iqr["medians"] > 1.5 * wm_iqr["quartiles"]

@@ -126,13 +126,15 @@ def _build_parser() -> argparse.ArgumentParser:
                             "posterior mean: closer to the truth on average, N times the "
                             "time); the default 5 steps x 2 chains costs as much as --steps 10 "
                             "--samples 1 and scores better")
-    model.add_argument("--match-intensities", action=argparse.BooleanOptionalAction,
-                       default=False,
-                       help="finish each harmonized brain by mapping its CSF, grey- and "
-                            "white-matter median intensities onto the target site's (stored "
-                            "in the model): makes the source site a little harder to tell "
-                            "from the output's histogram, at a small cost in similarity to "
-                            "the true target image (benchmarks/results/quality_vs_peers.md)")
+    model.add_argument("--match-intensities", nargs="?", const="medians", default="none",
+                       choices=["none", "medians", "quartiles"],
+                       help="finish each harmonized brain with a monotone intensity map onto "
+                            "the target site's tissue landmarks (stored in the model): "
+                            "'medians' (the bare flag) moves the CSF, grey- and white-matter "
+                            "median intensities, 'quartiles' also each tissue's spread (needs "
+                            "a model that stores quartiles). Makes the source site harder to "
+                            "tell from the output's histogram, at a small cost in similarity "
+                            "to the true target image (benchmarks/results/quality_vs_peers.md)")
     model.add_argument("--model-info", action="store_true",
                        help="print the model card of --model (or the bundled model) as JSON "
                             "and exit")

@@ -102,14 +102,23 @@ def resolve_model(model: Path | None) -> Path:
     return bundled
 
 
-def check_target_site(model_file: Path, target_site: str) -> None:
-    """Refuse early (exit 64) a target site the model does not know."""
+def check_target_site(model_file: Path, target_site: str, match_intensities: str = "none"
+                      ) -> None:
+    """Refuse early (exit 64) a target site the model does not know, or intensity
+    landmarks it does not store for that site."""
     from harmonize_bids.diffusion.checkpoint import read_config
+    from harmonize_bids.interfaces.harmonize import target_landmarks
 
+    config = read_config(model_file)
     try:
-        read_config(model_file).site_index(target_site)
+        config.site_index(target_site)
     except KeyError as err:
         raise UsageError(f"--target-site: {err.args[0]}") from None
+    if match_intensities != "none":
+        try:
+            target_landmarks(config, target_site, match_intensities)
+        except ValueError as err:
+            raise UsageError(f"--match-intensities {match_intensities}: {err}") from None
 
 
 def print_model_info(model: Path | None) -> int:
@@ -178,7 +187,7 @@ def build_workflow(settings: Settings):
     harmonize = None
     if settings.target_site is not None:
         model_file = resolve_model(settings.model)
-        check_target_site(model_file, settings.target_site)
+        check_target_site(model_file, settings.target_site, settings.match_intensities)
         sampler = settings.sampler()
         harmonize = HarmonizeOptions(model_file=model_file, target_site=settings.target_site,
                                      sampler=sampler, device=settings.device,

@@ -46,22 +46,48 @@ def _fit(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def target_landmarks(config, target_site: str, scheme: str) -> np.ndarray:
+    """The target site's stored tissue landmarks in ``scheme`` (``ValueError`` when the
+    model stores none for the site, or only a coarser scheme)."""
+    from harmonize_bids.site_intensity import SCHEMES, coarsen, per_tissue_of
+
+    stored = config.site_landmarks.get(target_site)
+    if stored is None:
+        raise ValueError(f"the model stores no tissue intensity landmarks for '{target_site}'")
+    try:
+        return coarsen(stored, SCHEMES[scheme])
+    except ValueError:
+        have = next((n for n, k in SCHEMES.items() if k == per_tissue_of(stored)),
+                    f"{per_tissue_of(stored)} quantiles per tissue")
+        raise ValueError(f"the model stores '{have}' landmarks for '{target_site}', "
+                         f"not '{scheme}'") from None
+
+
 def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, target_site: str,
                         out_file: Path, sampler: SamplerSettings = SamplerSettings(), *,
                         seed: int = 0, device: str = "auto", mem_mb: int | None = None,
-                        num_threads: int = 1, match_intensities: bool = False,
+                        num_threads: int = 1, match_intensities: str = "none",
                         log=print) -> dict[str, Any]:
     """Harmonize a template-space brain; write ``out_file``; return sidecar metadata."""
     import torch
 
     from harmonize_bids.diffusion.checkpoint import file_sha256, load_model
     from harmonize_bids.diffusion.volume import batch_size_for, harmonize_volume
-    from harmonize_bids.site_intensity import match_landmarks
+    from harmonize_bids.site_intensity import SCHEMES, match_landmarks
 
+    if match_intensities not in ("none", *SCHEMES):
+        raise ValueError(f"match_intensities must be 'none' or one of {sorted(SCHEMES)}, "
+                         f"got {match_intensities!r}")
     torch.set_num_threads(max(1, int(num_threads)))
     device = resolve_device(device)
     model, _card = load_model(model_file, device=device)
     site = model.config.site_index(target_site)
+    landmarks = None
+    if match_intensities != "none":
+        try:
+            landmarks = target_landmarks(model.config, target_site, match_intensities)
+        except ValueError as err:
+            log(f"{err}: the output is kept as sampled")
     img = nb.load(str(std_file))
     data = np.asarray(img.dataobj, dtype=np.float32)
     mask = np.asarray(nb.load(str(mask_file)).dataobj) > 0
@@ -82,11 +108,7 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
     harmonized = harmonize_volume(model, low, low_mask, site, sampler, seed=seed, device=device,
                                   max_batch=batch, progress=progress)
     matched = False
-    landmarks = model.config.site_landmarks.get(target_site)
-    if match_intensities and landmarks is None:
-        log(f"the model stores no tissue intensity landmarks for '{target_site}': "
-            "its output is kept as it is")
-    elif match_intensities:
+    if landmarks is not None:
         try:
             harmonized = match_landmarks(harmonized, low_mask, landmarks)
             matched = True
@@ -101,6 +123,7 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
         "ModelSites": list(model.config.sites),
         **sampler.metadata(),
         "TissueIntensitiesMatched": matched,
+        **({"TissueIntensityLandmarks": match_intensities} if matched else {}),
         "RandomSeed": int(seed),
         "Device": device,
         "ModelVoxelSize": model.config.voxel_mm,
@@ -117,8 +140,9 @@ class _HarmonizeInputSpec(BaseInterfaceInputSpec):
     strength = traits.Float(SamplerSettings.strength, usedefault=True)
     stop_at = traits.Float(SamplerSettings.stop, usedefault=True)
     samples = traits.Int(SamplerSettings.samples, usedefault=True)
-    match_intensities = traits.Bool(False, usedefault=True,
-                                    desc="map the output's tissue intensities onto the target's")
+    match_intensities = traits.Enum("none", "medians", "quartiles", usedefault=True,
+                                    desc="map the output's tissue intensity landmarks onto "
+                                         "the target site's (site_intensity.SCHEMES)")
     random_seed = traits.Int(0, usedefault=True)
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True, nohash=True)
     mem_mb = traits.Int(0, usedefault=True, nohash=True)

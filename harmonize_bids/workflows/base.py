@@ -23,7 +23,7 @@ class HarmonizeOptions:
     sampler: SamplerSettings = SamplerSettings()
     device: str = "auto"
     mem_mb: int | None = None
-    match_intensities: bool = False
+    match_intensities: str = "none"
 
 
 def workflow_name(record: T1wRecord) -> str:

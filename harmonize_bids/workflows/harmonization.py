@@ -14,7 +14,7 @@ from harmonize_bids.interfaces.images import ApplyMask
 
 def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSettings,
                       random_seed: int, device: str, omp_nthreads: int, mem_mb: int | None,
-                      match_intensities: bool = False,
+                      match_intensities: str = "none",
                       name: str = "harmonize_wf") -> pe.Workflow:
     """Harmonize the template-space brain to ``target_site`` and resample it to T1w.
 
@@ -30,8 +30,8 @@ def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSet
         + (f"; the mean of {sampler.samples} chains from independent initial noise"
            if sampler.samples > 1 else "")
         + ")"
-        + (", its tissue intensity landmarks (CSF, grey and white matter medians) were "
-           "mapped onto those of the target site" if match_intensities else "")
+        + (f", its tissue intensity landmarks (CSF, grey and white matter {match_intensities})"
+           " were mapped onto those of the target site" if match_intensities != "none" else "")
         + " and it was resampled back to the T1w grid.")
     inputnode = pe.Node(niu.IdentityInterface(fields=[
         "std_t1w", "std_mask", "t1w_preproc", "brain_mask", "std2t1w_xfm"]), name="inputnode")
