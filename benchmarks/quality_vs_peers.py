@@ -91,23 +91,25 @@ def ours_name(sampler, scheme: str | None = None) -> str:
 def match_variants(model, targets: list[str]) -> tuple[str | None, ...]:
     """The landmark schemes to score beside the sampled output (``None``): those the
     model's stored landmarks of every target (and ``ixi-hh``) allow."""
-    from harmonize_bids.site_intensity import SCHEMES, per_tissue_of
+    from harmonize_bids.site_intensity import SCHEMES, target_landmarks
 
-    stored = [model.config.site_landmarks.get(t) for t in [*targets, IXI]]
-    if any(s is None for s in stored):
-        return (None,)
-    finest = min(per_tissue_of(s) for s in stored)
-    return (None, *(name for name, k in SCHEMES.items() if k <= finest))
+    def served(scheme):
+        try:
+            return all(target_landmarks(model.config, t, scheme) is not None
+                       for t in [*targets, IXI])
+        except ValueError:
+            return False
+
+    return (None, *filter(served, SCHEMES))
 
 
 def matched(image, mask, model, site: str, scheme: str | None):
     """``image`` as sampled (``scheme`` None) or mapped onto ``site``'s stored landmarks."""
-    from harmonize_bids.site_intensity import SCHEMES, coarsen, match_landmarks
+    from harmonize_bids.site_intensity import match_landmarks, target_landmarks
 
     if scheme is None:
         return image
-    return match_landmarks(image, mask, coarsen(model.config.site_landmarks[site],
-                                                SCHEMES[scheme]))
+    return match_landmarks(image, mask, target_landmarks(model.config, site, scheme))
 
 
 def test_dataset(sites: list[str], held_out: list[str], out: Path, threads: int = 1) -> Path:
@@ -195,7 +197,8 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
                     final = matched(res, mask, model, target, m)
                     seconds[m] += spent + time.monotonic() - t1
                     meta = {"TargetSite": target, "SourceSite": img.site,
-                            **sampler.metadata(), "TissueIntensitiesMatched": m or False}
+                            **sampler.metadata(), "TissueIntensitiesMatched": m is not None,
+                            **({"TissueIntensityLandmarks": m} if m else {})}
                     save_harmonized(deriv, img, to_native(final, img.t1w), meta)
                 n += 1
             for m, deriv in derivs.items():

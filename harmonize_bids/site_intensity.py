@@ -171,3 +171,18 @@ def match_landmarks(image: np.ndarray, mask: np.ndarray, target: Sequence[float]
     values = np.asarray(image, dtype=np.float64)[mask]
     out[mask] = np.clip(piecewise_linear(values, own[keep], target_arr[keep]), 0, None)
     return out
+
+
+def target_landmarks(config, target_site: str, scheme: str) -> np.ndarray:
+    """The target site's stored tissue landmarks in ``scheme`` (``ValueError`` when the
+    model stores none for the site, or only a coarser scheme)."""
+    stored = config.site_landmarks.get(target_site)
+    if stored is None:
+        raise ValueError(f"the model stores no tissue intensity landmarks for '{target_site}'")
+    try:
+        return coarsen(stored, SCHEMES[scheme])
+    except ValueError:
+        have = next((n for n, k in SCHEMES.items() if k == per_tissue_of(stored)),
+                    f"{per_tissue_of(stored)} quantiles per tissue")
+        raise ValueError(f"the model stores '{have}' landmarks for '{target_site}', "
+                         f"not '{scheme}'") from None

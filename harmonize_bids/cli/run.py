@@ -107,7 +107,7 @@ def check_target_site(model_file: Path, target_site: str, match_intensities: str
     """Refuse early (exit 64) a target site the model does not know, or intensity
     landmarks it does not store for that site."""
     from harmonize_bids.diffusion.checkpoint import read_config
-    from harmonize_bids.interfaces.harmonize import target_landmarks
+    from harmonize_bids.site_intensity import target_landmarks
 
     config = read_config(model_file)
     try:

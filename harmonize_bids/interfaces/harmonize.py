@@ -46,23 +46,6 @@ def _fit(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def target_landmarks(config, target_site: str, scheme: str) -> np.ndarray:
-    """The target site's stored tissue landmarks in ``scheme`` (``ValueError`` when the
-    model stores none for the site, or only a coarser scheme)."""
-    from harmonize_bids.site_intensity import SCHEMES, coarsen, per_tissue_of
-
-    stored = config.site_landmarks.get(target_site)
-    if stored is None:
-        raise ValueError(f"the model stores no tissue intensity landmarks for '{target_site}'")
-    try:
-        return coarsen(stored, SCHEMES[scheme])
-    except ValueError:
-        have = next((n for n, k in SCHEMES.items() if k == per_tissue_of(stored)),
-                    f"{per_tissue_of(stored)} quantiles per tissue")
-        raise ValueError(f"the model stores '{have}' landmarks for '{target_site}', "
-                         f"not '{scheme}'") from None
-
-
 def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, target_site: str,
                         out_file: Path, sampler: SamplerSettings = SamplerSettings(), *,
                         seed: int = 0, device: str = "auto", mem_mb: int | None = None,
@@ -73,7 +56,7 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
 
     from harmonize_bids.diffusion.checkpoint import file_sha256, load_model
     from harmonize_bids.diffusion.volume import batch_size_for, harmonize_volume
-    from harmonize_bids.site_intensity import SCHEMES, match_landmarks
+    from harmonize_bids.site_intensity import SCHEMES, match_landmarks, target_landmarks
 
     if match_intensities not in ("none", *SCHEMES):
         raise ValueError(f"match_intensities must be 'none' or one of {sorted(SCHEMES)}, "
