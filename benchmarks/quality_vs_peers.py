@@ -24,8 +24,9 @@ onto a target-site reference); ANTs histogram matching to a target-site
 reference (another held-out anatomy); ours at each ``--steps`` x ``--strength`` x
 ``--stop-at`` x ``--samples``, each also with its tissue intensities matched to the
 target site's landmarks stored in the model (``+ tissue match``: the tissue medians;
-``+ tissue quartile match``: the within-tissue quartiles, when the model stores them;
-what ``--match-intensities medians|quartiles`` writes).
+``+ tissue quartile match``, ``+ tissue decile match``: the within-tissue quartiles,
+deciles, when the model stores them; what ``--match-intensities
+medians|quartiles|deciles`` writes).
 
     python benchmarks/quality_vs_peers.py --steps 10 --stop-at 0 0.3 --out-dir /tmp/hb_quality
 """
@@ -75,7 +76,8 @@ def load(path: Path) -> np.ndarray:
     return np.asarray(nb.load(path).dataobj, np.float32)
 
 
-MATCH_SUFFIX = {None: "", "medians": " + tissue match", "quartiles": " + tissue quartile match"}
+MATCH_SUFFIX = {None: "", "medians": " + tissue match", "quartiles": " + tissue quartile match",
+                "deciles": " + tissue decile match"}
 
 
 def ours_name(sampler, scheme: str | None = None) -> str:

@@ -13,7 +13,8 @@ tissue classes from an intensity-only 3-class Gaussian mixture
 (:func:`harmonize_bids.metrics.tissue_segmentation`).  Each tissue contributes
 ``k`` evenly spaced quantiles (:func:`tissue_levels`): ``k = 1`` gives its median
 (the *medians* scheme: where each tissue peak sits), ``k = 3`` its quartiles (the
-*quartiles* scheme: where it sits and how wide it is).  A landmark vector has
+*quartiles* scheme: where it sits and how wide it is), ``k = 9`` its deciles (the
+*deciles* scheme: the shape of each peak, tails included).  A landmark vector has
 ``2 + 3 k`` values, so its length says which scheme it is.  Unlike a full
 histogram (which Nyúl and histogram matching impose), landmarks do not depend on
 how much of each tissue a brain has, so mapping onto them leaves anatomy alone.
@@ -22,9 +23,10 @@ how much of each tissue a brain has, so mapping onto them leaves anatomy alone.
 given ones (a monotone map: the ordering of voxels, hence edges and
 structures, is kept; end segments extrapolate linearly).  The model stores the
 mean landmarks of every site it knows (:func:`site_landmarks`, from its
-training targets), so the participant level can finish each harmonized brain
-with the target site's tissue intensities; :func:`coarsen` takes the medians out
-of stored quartiles.
+training targets) on the 5 % grid (``k = 19``, :data:`STORED_PER_TISSUE`), which
+holds the levels of every scheme, so the participant level can finish each
+harmonized brain with the target site's tissue intensities; :func:`coarsen` takes
+a scheme's levels out of the stored ones.
 """
 from __future__ import annotations
 
@@ -33,7 +35,9 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 #: the landmark schemes by name: quantiles per tissue
-SCHEMES = {"medians": 1, "quartiles": 3}
+SCHEMES = {"medians": 1, "quartiles": 3, "deciles": 9}
+#: what a model stores: quantiles on the 5 % grid, which holds the levels of every scheme
+STORED_PER_TISSUE = 19
 TISSUES = ("csf", "gm", "wm")
 
 
@@ -87,14 +91,20 @@ def tissue_landmarks(image: np.ndarray, mask: np.ndarray, per_tissue: int = 1,
 
 
 def check_landmarks(landmarks: Sequence[float]) -> np.ndarray:
-    """``landmarks`` as an array, or ``ValueError`` unless ``2 + 3 k`` finite, strictly
-    increasing values."""
+    """``landmarks`` as an array, or ``ValueError`` unless ``2 + 3 k`` finite values whose
+    tissue landmarks increase strictly.
+
+    The end percentiles need not bracket them: with many quantiles per tissue the
+    CSF 5 % quantile can lie below the brain's 0.5th percentile (CSF is a small
+    part of a brain).  :func:`match_landmarks` uses an end only where it lies
+    outside the tissue landmarks.
+    """
     arr = np.asarray(landmarks, dtype=np.float64)
     if arr.ndim != 1 or not np.all(np.isfinite(arr)):
         raise ValueError(f"need a vector of finite landmarks, got {landmarks!r}")
     per_tissue_of(arr)
-    if not np.all(np.diff(arr) > 0):
-        raise ValueError(f"landmarks must increase strictly, got {arr.round(4).tolist()}")
+    if not np.all(np.diff(arr[1:-1]) > 0):
+        raise ValueError(f"tissue landmarks must increase strictly, got {arr.round(4).tolist()}")
     return arr
 
 
@@ -105,17 +115,18 @@ def coarsen(landmarks: Sequence[float], per_tissue: int) -> np.ndarray:
     [0.1, 0.3, 0.6, 0.9, 1.0]
     """
     arr = check_landmarks(landmarks)
-    have = tissue_levels(per_tissue_of(arr))
+    have = np.asarray(tissue_levels(per_tissue_of(arr)))
     want = tissue_levels(per_tissue)
-    if not set(want) <= set(have):
-        raise ValueError(f"levels {want} are not among the stored ones {have}")
+    index = [np.flatnonzero(np.isclose(have, q, rtol=0, atol=1e-9)) for q in want]
+    if any(i.size == 0 for i in index):
+        raise ValueError(f"levels {want} are not among the stored ones {tuple(have)}")
     k = len(have)
-    keep = [0, *(1 + t * k + have.index(q) for t in range(3) for q in want), len(arr) - 1]
+    keep = [0, *(1 + t * k + int(i[0]) for t in range(3) for i in index), len(arr) - 1]
     return arr[keep]
 
 
 def site_landmarks(images: Mapping[str, Iterable[tuple[np.ndarray, np.ndarray]]],
-                   per_tissue: int = SCHEMES["quartiles"]) -> dict[str, list[float]]:
+                   per_tissue: int = STORED_PER_TISSUE) -> dict[str, list[float]]:
     """``{site: mean landmarks}`` over each site's ``(image, mask)`` pairs (rounded to 1e-4).
 
     Images whose landmarks are degenerate (a tissue class empty, no strict
@@ -153,9 +164,10 @@ def match_landmarks(image: np.ndarray, mask: np.ndarray, target: Sequence[float]
                     ) -> np.ndarray:
     """``image`` with its in-mask tissue landmarks mapped onto ``target`` (>= 0, 0 outside).
 
-    The scheme (medians, quartiles) is ``target``'s.  An end percentile that ties
-    with its neighbouring tissue landmark (e.g. many voxels at 0) is left out of
-    the map.  Raises ``ValueError`` when the tissue landmarks themselves do not
+    The scheme (medians, quartiles, deciles) is ``target``'s.  An end percentile that
+    does not lie outside its neighbouring tissue landmark, in the image or in
+    ``target`` (e.g. many voxels at 0, or a fine scheme's CSF 5 % quantile), is left
+    out of the map.  Raises ``ValueError`` when the tissue landmarks themselves do not
     increase (e.g. a flat image, or tissue classes that overlap), so the caller can
     keep the image as it is and say so.
     """
@@ -165,8 +177,10 @@ def match_landmarks(image: np.ndarray, mask: np.ndarray, target: Sequence[float]
     last = len(own) - 1
     if not np.all(np.diff(own[1:last]) > 0):
         raise ValueError(f"tissue landmarks do not increase: {own[1:last].round(4).tolist()}")
-    keep = [i for i in range(len(own)) if 0 < i < last or (i == 0 and own[0] < own[1])
-            or (i == last and own[last] > own[last - 1])]
+    outside_low = own[0] < own[1] and target_arr[0] < target_arr[1]
+    outside_high = own[last] > own[last - 1] and target_arr[last] > target_arr[last - 1]
+    keep = [i for i in range(len(own)) if 0 < i < last or (i == 0 and outside_low)
+            or (i == last and outside_high)]
     out = np.zeros(np.shape(image), dtype=np.float32)
     values = np.asarray(image, dtype=np.float64)[mask]
     out[mask] = np.clip(piecewise_linear(values, own[keep], target_arr[keep]), 0, None)

@@ -22,10 +22,10 @@ Stages
    its targets are bias-free, and the training sources get a small random residual
    bias instead (:class:`~harmonize_bids.training.data.PairedSlices`).
 3. **Target-site tissue landmarks** (:mod:`harmonize_bids.site_intensity`): for
-   each site of the model, the mean CSF/GM/WM intensity quartiles (the medians among
-   them) of what the app sees from that site: the preprocessed IXI brains, and
-   N4-corrected renders of every third training anatomy
-   (``site_landmarks_quartiles.json``).  ``--landmarks-only``
+   each site of the model, the mean CSF/GM/WM intensity quantiles on the 5 % grid (the
+   medians, quartiles and deciles among them) of what the app sees from that site: the
+   preprocessed IXI brains, and N4-corrected renders of every third training anatomy
+   (``site_landmarks_q19.json``).  ``--landmarks-only``
    writes them into an existing ``--output`` model (weights unchanged) and stops.
 4. **Training** for ``--minutes`` (``--threads``; bf16 autocast only where the CPU or
    GPU computes bf16 natively), EMA weights, then the model and its card are written
@@ -143,12 +143,12 @@ def n4_brain(t1w: Path, mask: np.ndarray) -> np.ndarray:
 
 def target_landmarks(work: Path, sim_dir: Path, ixi_vols: dict, ixi_masks: dict,
                      every: int = 3) -> dict[str, list[float]]:
-    """Tissue quartile landmarks of every model site (cached in
-    ``work/site_landmarks_quartiles.json``)."""
+    """Tissue landmarks of every model site, on the stored grid (cached in
+    ``work/site_landmarks_q19.json``)."""
     from harmonize_bids.evaluation import read_simulated_dataset
-    from harmonize_bids.site_intensity import SCHEMES, site_landmarks
+    from harmonize_bids.site_intensity import STORED_PER_TISSUE, site_landmarks
 
-    cache = work / "site_landmarks_quartiles.json"
+    cache = work / f"site_landmarks_q{STORED_PER_TISSUE}.json"
     if cache.exists():
         return json.loads(cache.read_text())
     images = {IXI_SITE: [(v[IXI_SITE], ixi_masks[s]) for s, v in ixi_vols.items()]}
@@ -159,7 +159,7 @@ def target_landmarks(work: Path, sim_dir: Path, ixi_vols: dict, ixi_masks: dict,
         mask = np.asarray(nb.load(img.brain_mask).dataobj) > 0
         images.setdefault(img.site, []).append((n4_brain(img.t1w, mask), mask))
         log(f"landmarks: N4 {k + 1}/{len(todo)} ({img.anatomy}, {img.site})")
-    landmarks = site_landmarks(images, SCHEMES["quartiles"])
+    landmarks = site_landmarks(images, STORED_PER_TISSUE)
     cache.write_text(json.dumps(landmarks, indent=1))
     return landmarks
 
@@ -172,7 +172,8 @@ def write_landmarks(model_path: Path, landmarks: dict[str, list[float]]) -> None
     model.config = dataclasses.replace(model.config, site_landmarks=landmarks)
     card = {k: v for k, v in card.items() if k not in ("config", "sites", "sha256", "weights")}
     card.setdefault("training", {})["site_landmarks"] = (
-        "tissue quartiles, added after training by --landmarks-only (weights unchanged)")
+        "tissue quantiles on the 5 % grid, added after training by --landmarks-only "
+        "(weights unchanged)")
     save_model(model, model_path, card=card)
     log(f"wrote tissue landmarks of {sorted(landmarks)} into {model_path}")
 

@@ -96,16 +96,20 @@ def test_site_landmarks_average_per_site_and_skip_degenerate_images():
     out = si.site_landmarks({"a": [(a1, m), (a2, m)], "b": [(flat, m)]}, per_tissue=1)
     assert set(out) == {"a"}
     np.testing.assert_allclose(out["a"][1:4], [0.31, 0.61, 0.91], atol=0.01)
-    # the default stores quartiles, whose medians are the medians scheme
-    quartiles = si.site_landmarks({"a": [(a1, m), (a2, m)]})["a"]
-    assert len(quartiles) == 11
-    np.testing.assert_allclose(si.coarsen(quartiles, 1), out["a"], atol=2e-4)
+    # the default stores the 5 % grid, which holds the medians and quartiles schemes
+    stored = si.site_landmarks({"a": [(a1, m), (a2, m)]})["a"]
+    assert len(stored) == 2 + 3 * si.STORED_PER_TISSUE == 59
+    np.testing.assert_allclose(si.coarsen(stored, 1), out["a"], atol=2e-4)
+    quartiles = si.site_landmarks({"a": [(a1, m), (a2, m)]}, per_tissue=3)["a"]
+    np.testing.assert_allclose(si.coarsen(stored, 3), quartiles, atol=2e-4)
 
 
 def test_scheme_names_and_levels():
     assert si.landmark_names(1) == si.LANDMARK_NAMES == (
         "p0.5", "csf_q50", "gm_q50", "wm_q50", "p99.5")
     assert si.landmark_names(3)[1:4] == ("csf_q25", "csf_q50", "csf_q75")
+    assert si.landmark_names(9)[1:10] == tuple(f"csf_q{q}" for q in range(10, 100, 10))
+    assert si.tissue_levels(19)[4::5] == (0.25, 0.5, 0.75)
     assert [si.per_tissue_of([0] * n) for n in (5, 8, 11)] == [1, 2, 3]
     for n in (3, 4, 6, 10):
         with pytest.raises(ValueError, match="2 \\+ 3 k"):
@@ -131,6 +135,51 @@ def test_coarsen_takes_medians_out_of_quartiles_and_refuses_the_reverse():
     np.testing.assert_allclose(si.coarsen(quartiles, 3), quartiles)
     with pytest.raises(ValueError, match="not among"):
         si.coarsen(quartiles[[0, 2, 5, 8, 10]], 3)
+
+
+def test_the_stored_grid_holds_every_scheme():
+    """Deciles, quartiles and medians all come out of the 5 % grid; deciles hold no quartiles."""
+    grid = np.linspace(0.1, 1.1, 2 + 3 * si.STORED_PER_TISSUE)
+    inner = grid[1:-1].reshape(3, si.STORED_PER_TISSUE)  # per tissue: 5 %, 10 %, ..., 95 %
+    for name, k in si.SCHEMES.items():
+        out = si.coarsen(grid, k)
+        assert len(out) == 2 + 3 * k, name
+        picked = inner[:, [round(20 * q) - 1 for q in si.tissue_levels(k)]]
+        np.testing.assert_array_equal(out[1:-1], picked.ravel())
+        assert out[0] == grid[0] and out[-1] == grid[-1]
+    with pytest.raises(ValueError, match="not among"):
+        si.coarsen(si.coarsen(grid, 9), 3)
+
+
+def test_decile_match_gives_a_tissue_the_target_shape_and_quartiles_do_not():
+    """Same median and quartiles, different tails: only deciles move the tails."""
+    rng = np.random.default_rng(4)
+    shape = (40, 40, 20)
+    labels = rng.choice(3, size=shape, p=(0.2, 0.4, 0.4))
+    means = np.array([0.3, 0.6, 0.9])[labels]
+    mask = np.ones(shape, bool)
+    # target: Gaussian tissue peaks; source: uniform peaks with the same quartiles
+    sigma = 0.02
+    gaussian = means + rng.normal(0, sigma, shape)
+    half_width = 2 * 0.6745 * sigma  # uniform on [-w, w] has its quartiles at -+ w / 2
+    uniform = means + rng.uniform(-half_width, half_width, shape)
+    target = si.tissue_landmarks(gaussian, mask, per_tissue=9)
+
+    def wm_tails(img):  # the 10th and 90th percentiles of white matter, around its median
+        lm = si.tissue_landmarks(img, mask, per_tissue=9)
+        return lm[19] - lm[23], lm[27] - lm[23]
+
+    by_deciles = si.match_landmarks(uniform, mask, target)
+    by_quartiles = si.match_landmarks(uniform, mask, si.coarsen(
+        si.tissue_landmarks(gaussian, mask, per_tissue=si.STORED_PER_TISSUE), 3))
+    want = np.array(wm_tails(gaussian))  # -+ 1.28 sigma
+    np.testing.assert_allclose(wm_tails(by_deciles), want, rtol=0.05)
+    # the quartile map only interpolates between quartiles (and the end percentiles),
+    # so the tails come out wrong
+    miss = np.abs(np.array(wm_tails(by_quartiles)) - want) / np.abs(want)
+    assert miss.max() > 0.15, miss
+    order = np.argsort(uniform[mask], kind="stable")
+    assert np.all(np.diff(by_deciles[mask][order]) >= -1e-6)
 
 
 def test_quartile_match_narrows_a_wide_tissue_peak_and_medians_do_not():
@@ -175,6 +224,21 @@ def test_end_percentile_tied_with_a_median_is_left_out():
     out = si.match_landmarks(image + 0.0, mask, [0.1, 0.3, 0.65, 0.85, 1.0])
     assert np.isfinite(out).all()
     np.testing.assert_allclose(np.unique(out[mask]), [0.3, 0.65, 0.85], atol=1e-6)
+
+
+def test_end_percentile_inside_the_tissue_landmarks_is_allowed_and_left_out():
+    """A fine scheme's CSF 5 % quantile can lie below the brain's 0.5th percentile: such
+    landmarks are kept (site means of real brains look like that) and the map ignores
+    the crossed end, in the target as in the image."""
+    image, mask = three_tissue_brain(noise=0.03)
+    own = si.tissue_landmarks(image, mask, per_tissue=1)
+    crossed = own.copy()
+    crossed[0] = own[1] + 0.01  # above the CSF median
+    si.check_landmarks(crossed)
+    out = si.match_landmarks(image, mask, crossed)
+    np.testing.assert_allclose(out[mask], image[mask], atol=1e-9)  # the identity map, as
+    np.testing.assert_allclose(si.match_landmarks(image, mask, own)[mask], image[mask],
+                               atol=1e-9)  # with the end in place
 
 
 def test_harmonize_step_matches_the_target_site_landmarks(tmp_path, monkeypatch):
@@ -227,8 +291,9 @@ def test_harmonize_step_matches_the_target_site_landmarks(tmp_path, monkeypatch)
     assert not np.allclose(off, out)
 
 
-def test_harmonize_step_matches_stored_quartiles(tmp_path, monkeypatch):
-    """A model storing quartiles serves both schemes; quartiles also set each tissue's spread."""
+def test_harmonize_step_matches_every_stored_scheme(tmp_path, monkeypatch):
+    """A model storing the 5 % grid serves every scheme; quartiles also set each tissue's
+    spread, deciles its tails."""
     import nibabel as nb
 
     import harmonize_bids.diffusion.volume as volume
@@ -240,17 +305,22 @@ def test_harmonize_step_matches_stored_quartiles(tmp_path, monkeypatch):
     from harmonize_bids.interfaces.harmonize import harmonize_std_image
 
     narrow, mask = three_tissue_brain(means=(0.25, 0.55, 0.85), noise=0.02, seed=5)
-    target = [round(float(v), 4) for v in si.tissue_landmarks(narrow, mask, per_tissue=3)]
-    model_file = write_tiny_model_and_brain(tmp_path, ("a",), {"a": target})
-    outs = {}
-    for scheme in ("medians", "quartiles"):
+    stored = [round(float(v), 4) for v in
+              si.tissue_landmarks(narrow, mask, per_tissue=si.STORED_PER_TISSUE)]
+    target = si.coarsen(stored, 3)
+    model_file = write_tiny_model_and_brain(tmp_path, ("a",), {"a": stored})
+    outs, deciles = {}, {}
+    for scheme in si.SCHEMES:
         meta = harmonize_std_image(tmp_path / "std.nii.gz", tmp_path / "mask.nii.gz",
                                    model_file, "a", tmp_path / f"{scheme}.nii.gz",
                                    sampler=SamplerSettings(steps=2), device="cpu",
                                    match_intensities=scheme, log=print)
         assert meta["TissueIntensityLandmarks"] == scheme
-        outs[scheme] = si.tissue_landmarks(
-            np.asarray(nb.load(tmp_path / f"{scheme}.nii.gz").dataobj), mask, per_tissue=3)
+        out = np.asarray(nb.load(tmp_path / f"{scheme}.nii.gz").dataobj)
+        outs[scheme] = si.tissue_landmarks(out, mask, per_tissue=3)
+        deciles[scheme] = si.tissue_landmarks(out, mask, per_tissue=9)
+    np.testing.assert_allclose(deciles["deciles"], si.coarsen(stored, 9), atol=0.01)
+    np.testing.assert_allclose(outs["deciles"][1:10], target[1:10], atol=0.01)
     np.testing.assert_allclose(outs["quartiles"][1:10], target[1:10], atol=0.01)
     np.testing.assert_allclose(outs["medians"][[2, 5, 8]], np.asarray(target)[[2, 5, 8]],
                                atol=0.01)

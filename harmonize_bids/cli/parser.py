@@ -13,6 +13,7 @@ from harmonize_bids import __version__
 from harmonize_bids.config import Settings
 from harmonize_bids.diffusion.schedule import SamplerSettings
 from harmonize_bids.exceptions import InputError, UsageError
+from harmonize_bids.site_intensity import SCHEMES
 from harmonize_bids.utils.bids import clean_labels, load_bids_filters
 
 
@@ -127,14 +128,16 @@ def _build_parser() -> argparse.ArgumentParser:
                             "time); the default 5 steps x 2 chains costs as much as --steps 10 "
                             "--samples 1 and scores better")
     model.add_argument("--match-intensities", nargs="?", const="medians", default="none",
-                       choices=["none", "medians", "quartiles"],
+                       choices=["none", *SCHEMES],
                        help="finish each harmonized brain with a monotone intensity map onto "
                             "the target site's tissue landmarks (stored in the model): "
                             "'medians' (the bare flag) moves the CSF, grey- and white-matter "
-                            "median intensities, 'quartiles' also each tissue's spread (needs "
-                            "a model that stores quartiles). Makes the source site harder to "
-                            "tell from the output's histogram, at a small cost in similarity "
-                            "to the true target image (benchmarks/results/quality_vs_peers.md)")
+                            "median intensities, 'quartiles' also each tissue's spread, "
+                            "'deciles' each tissue's whole intensity distribution (finer "
+                            "schemes need a model that stores them). Finer schemes make the "
+                            "source site harder to tell from the output's histogram, at a "
+                            "small cost in similarity to the true target image "
+                            "(benchmarks/results/quality_vs_peers_deciles.md)")
     model.add_argument("--model-info", action="store_true",
                        help="print the model card of --model (or the bundled model) as JSON "
                             "and exit")

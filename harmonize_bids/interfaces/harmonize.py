@@ -26,6 +26,7 @@ from nipype.interfaces.base import (
 from scipy import ndimage as ndi
 
 from harmonize_bids.diffusion.schedule import SamplerSettings
+from harmonize_bids.site_intensity import SCHEMES
 
 
 def resolve_device(device: str) -> str:
@@ -123,7 +124,7 @@ class _HarmonizeInputSpec(BaseInterfaceInputSpec):
     strength = traits.Float(SamplerSettings.strength, usedefault=True)
     stop_at = traits.Float(SamplerSettings.stop, usedefault=True)
     samples = traits.Int(SamplerSettings.samples, usedefault=True)
-    match_intensities = traits.Enum("none", "medians", "quartiles", usedefault=True,
+    match_intensities = traits.Enum("none", *SCHEMES, usedefault=True,
                                     desc="map the output's tissue intensity landmarks onto "
                                          "the target site's (site_intensity.SCHEMES)")
     random_seed = traits.Int(0, usedefault=True)
