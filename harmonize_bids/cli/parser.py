@@ -137,7 +137,7 @@ def _build_parser() -> argparse.ArgumentParser:
                             "schemes need a model that stores them). Finer schemes make the "
                             "source site harder to tell from the output's histogram, at a "
                             "small cost in similarity to the true target image "
-                            "(benchmarks/results/quality_vs_peers_deciles.md)")
+                            "(benchmarks/results/quality_vs_peers_quartiles.md)")
     model.add_argument("--model-info", action="store_true",
                        help="print the model card of --model (or the bundled model) as JSON "
                             "and exit")
