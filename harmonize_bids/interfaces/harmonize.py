@@ -57,7 +57,7 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
 
     from harmonize_bids.diffusion.checkpoint import file_sha256, load_model
     from harmonize_bids.diffusion.volume import batch_size_for, harmonize_volume
-    from harmonize_bids.site_intensity import SCHEMES, match_landmarks, target_landmarks
+    from harmonize_bids.site_intensity import match_landmarks, target_landmarks
 
     if match_intensities not in ("none", *SCHEMES):
         raise ValueError(f"match_intensities must be 'none' or one of {sorted(SCHEMES)}, "
