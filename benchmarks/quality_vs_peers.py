@@ -24,9 +24,9 @@ onto a target-site reference); ANTs histogram matching to a target-site
 reference (another held-out anatomy); ours at each ``--steps`` x ``--strength`` x
 ``--stop-at`` x ``--samples``, each also with its tissue intensities matched to the
 target site's landmarks stored in the model (``+ tissue match``: the tissue medians;
-``+ tissue quartile match``, ``+ tissue decile match``: the within-tissue quartiles,
-deciles, when the model stores them; what ``--match-intensities
-medians|quartiles|deciles`` writes).
+``+ tissue quartile match``, ``+ tissue decile match``, ``+ tissue vigintile match``:
+the within-tissue quartiles, deciles, 5 % quantiles, when the model stores them; what
+``--match-intensities medians|quartiles|deciles|vigintiles`` writes).
 
     python benchmarks/quality_vs_peers.py --steps 10 --stop-at 0 0.3 --out-dir /tmp/hb_quality
 """
@@ -77,7 +77,7 @@ def load(path: Path) -> np.ndarray:
 
 
 MATCH_SUFFIX = {None: "", "medians": " + tissue match", "quartiles": " + tissue quartile match",
-                "deciles": " + tissue decile match"}
+                "deciles": " + tissue decile match", "vigintiles": " + tissue vigintile match"}
 
 
 def ours_name(sampler, scheme: str | None = None) -> str:

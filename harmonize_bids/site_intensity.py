@@ -14,7 +14,8 @@ tissue classes from an intensity-only 3-class Gaussian mixture
 ``k`` evenly spaced quantiles (:func:`tissue_levels`): ``k = 1`` gives its median
 (the *medians* scheme: where each tissue peak sits), ``k = 3`` its quartiles (the
 *quartiles* scheme: where it sits and how wide it is), ``k = 9`` its deciles (the
-*deciles* scheme: the shape of each peak, tails included).  A landmark vector has
+*deciles* scheme: the shape of each peak, tails included), ``k = 19`` its quantiles
+on the 5 % grid (the *vigintiles* scheme: the finest the model stores).  A landmark vector has
 ``2 + 3 k`` values, so its length says which scheme it is.  Unlike a full
 histogram (which Nyúl and histogram matching impose), landmarks do not depend on
 how much of each tissue a brain has, so mapping onto them leaves anatomy alone.
@@ -35,7 +36,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 #: the landmark schemes by name: quantiles per tissue
-SCHEMES = {"medians": 1, "quartiles": 3, "deciles": 9}
+SCHEMES = {"medians": 1, "quartiles": 3, "deciles": 9, "vigintiles": 19}
 #: what a model stores: quantiles on the 5 % grid, which holds the levels of every scheme
 STORED_PER_TISSUE = 19
 TISSUES = ("csf", "gm", "wm")
@@ -164,7 +165,7 @@ def match_landmarks(image: np.ndarray, mask: np.ndarray, target: Sequence[float]
                     ) -> np.ndarray:
     """``image`` with its in-mask tissue landmarks mapped onto ``target`` (>= 0, 0 outside).
 
-    The scheme (medians, quartiles, deciles) is ``target``'s.  An end percentile that
+    The scheme (medians, quartiles, deciles, vigintiles) is ``target``'s.  An end percentile that
     does not lie outside its neighbouring tissue landmark, in the image or in
     ``target`` (e.g. many voxels at 0, or a fine scheme's CSF 5 % quantile), is left
     out of the map.  Raises ``ValueError`` when the tissue landmarks themselves do not

@@ -167,6 +167,8 @@ def test_version_names_the_container_build_on_one_line(monkeypatch, capsys):
 @pytest.mark.parametrize("extra, scheme", [([], "none"), (["--match-intensities"], "medians"),
                                            (["--match-intensities", "quartiles"], "quartiles"),
                                            (["--match-intensities", "deciles"], "deciles"),
+                                           (["--match-intensities", "vigintiles"],
+                                            "vigintiles"),
                                            (["--match-intensities", "none"], "none")])
 def test_match_intensities_schemes(extra, scheme, tmp_path):
     bids = tmp_path / "bids"

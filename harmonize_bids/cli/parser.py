@@ -133,8 +133,9 @@ def _build_parser() -> argparse.ArgumentParser:
                             "the target site's tissue landmarks (stored in the model): "
                             "'medians' (the bare flag) moves the CSF, grey- and white-matter "
                             "median intensities, 'quartiles' also each tissue's spread, "
-                            "'deciles' each tissue's whole intensity distribution (finer "
-                            "schemes need a model that stores them). Finer schemes make the "
+                            "'deciles' each tissue's whole intensity distribution, "
+                            "'vigintiles' the same on a 5 %% grid (finer schemes need a "
+                            "model that stores them). Finer schemes make the "
                             "source site harder to tell from the output's histogram, at a "
                             "small cost in similarity to the true target image "
                             "(benchmarks/results/quality_vs_peers_quartiles.md)")
