@@ -47,7 +47,7 @@ class Settings:
     strength: float = SamplerSettings.strength
     stop_at: float = SamplerSettings.stop
     samples: int = SamplerSettings.samples
-    match_intensities: str = "none"  # 'none' or a site_intensity.SCHEMES name
+    match_intensities: str = "auto"  # 'auto', 'none' or a site_intensity.SCHEMES name
     train_steps: int = 2000
     batch_size: int = 12
     patch_size: int = 64

@@ -201,3 +201,22 @@ def target_landmarks(config, target_site: str, scheme: str) -> np.ndarray:
                     f"{per_tissue_of(stored)} quantiles per tissue")
         raise ValueError(f"the model stores '{have}' landmarks for '{target_site}', "
                          f"not '{scheme}'") from None
+
+
+def finest_scheme(config, target_site: str) -> str:
+    """The finest scheme the model stores landmarks for ``target_site`` in, or ``'none'``.
+
+    What ``--match-intensities auto`` (the default) resolves to: models of this
+    version store the 5 % grid (``'vigintiles'``), older group models quartiles or
+    medians, a model trained without landmarks none.
+    """
+    stored = config.site_landmarks.get(target_site)
+    if stored is None:
+        return "none"
+    for name, _ in sorted(SCHEMES.items(), key=lambda item: -item[1]):
+        try:
+            coarsen(stored, SCHEMES[name])
+        except ValueError:
+            continue
+        return name
+    return "none"

@@ -164,7 +164,7 @@ def test_version_names_the_container_build_on_one_line(monkeypatch, capsys):
         f"harmonize_bids {__import__('harmonize_bids').__version__} ({build})"]
 
 
-@pytest.mark.parametrize("extra, scheme", [([], "none"), (["--match-intensities"], "medians"),
+@pytest.mark.parametrize("extra, scheme", [([], "auto"), (["--match-intensities"], "medians"),
                                            (["--match-intensities", "quartiles"], "quartiles"),
                                            (["--match-intensities", "deciles"], "deciles"),
                                            (["--match-intensities", "vigintiles"],

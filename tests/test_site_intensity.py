@@ -326,3 +326,26 @@ def test_harmonize_step_matches_every_stored_scheme(tmp_path, monkeypatch):
                                atol=0.01)
     wm_iqr = {k: v[9] - v[7] for k, v in outs.items()}
     assert wm_iqr["medians"] > 1.5 * wm_iqr["quartiles"]
+
+
+@pytest.mark.parametrize("per_tissue, expected", [(19, "vigintiles"), (9, "deciles"),
+                                                  (3, "quartiles"), (1, "medians")])
+def test_finest_scheme_is_the_finest_the_model_stores(per_tissue, expected):
+    stored = np.linspace(0.1, 1.1, 2 + 3 * per_tissue).tolist()
+    config = ModelConfig(sites=("a", "b"), site_landmarks={"a": stored})
+    assert si.finest_scheme(config, "a") == expected
+    assert si.finest_scheme(config, "b") == "none"  # no landmarks stored for b
+
+
+def test_auto_resolves_before_any_work(tmp_path):
+    """The CLI resolves --match-intensities auto once, from the model file."""
+    from harmonize_bids.cli.run import check_target_site
+    from harmonize_bids.exceptions import UsageError
+
+    stored = np.linspace(0.1, 1.1, 2 + 3 * 3).tolist()
+    model_file = write_tiny_model_and_brain(tmp_path, ("a", "b"), {"a": stored})
+    assert check_target_site(model_file, "a", "auto") == "quartiles"
+    assert check_target_site(model_file, "b", "auto") == "none"
+    assert check_target_site(model_file, "a", "medians") == "medians"
+    with pytest.raises(UsageError, match="not 'deciles'"):
+        check_target_site(model_file, "a", "deciles")

@@ -127,18 +127,20 @@ def _build_parser() -> argparse.ArgumentParser:
                             "posterior mean: closer to the truth on average, N times the "
                             "time); the default 5 steps x 2 chains costs as much as --steps 10 "
                             "--samples 1 and scores better")
-    model.add_argument("--match-intensities", nargs="?", const="medians", default="none",
-                       choices=["none", *SCHEMES],
+    model.add_argument("--match-intensities", nargs="?", const="medians", default="auto",
+                       choices=["auto", "none", *SCHEMES],
                        help="finish each harmonized brain with a monotone intensity map onto "
                             "the target site's tissue landmarks (stored in the model): "
                             "'medians' (the bare flag) moves the CSF, grey- and white-matter "
                             "median intensities, 'quartiles' also each tissue's spread, "
                             "'deciles' each tissue's whole intensity distribution, "
                             "'vigintiles' the same on a 5 %% grid (finer schemes need a "
-                            "model that stores them). Finer schemes make the "
-                            "source site harder to tell from the output's histogram, at a "
-                            "small cost in similarity to the true target image "
-                            "(benchmarks/results/quality_vs_peers_quartiles.md)")
+                            "model that stores them); 'auto' (the default) the finest scheme "
+                            "the model stores for the target site ('none' if it stores "
+                            "none). Finer schemes make the source site harder to tell from "
+                            "the output's histogram at a small cost in similarity to the "
+                            "true target image (benchmarks/results/"
+                            "quality_vs_peers_deciles.md)")
     model.add_argument("--model-info", action="store_true",
                        help="print the model card of --model (or the bundled model) as JSON "
                             "and exit")

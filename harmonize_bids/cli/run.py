@@ -103,22 +103,31 @@ def resolve_model(model: Path | None) -> Path:
 
 
 def check_target_site(model_file: Path, target_site: str, match_intensities: str = "none"
-                      ) -> None:
+                      ) -> str:
     """Refuse early (exit 64) a target site the model does not know, or intensity
-    landmarks it does not store for that site."""
+    landmarks it does not store for that site; return the landmark scheme to use
+    (``'auto'`` resolved to the finest the model stores for the site, or ``'none'``)."""
     from harmonize_bids.diffusion.checkpoint import read_config
-    from harmonize_bids.site_intensity import target_landmarks
+    from harmonize_bids.site_intensity import finest_scheme, target_landmarks
 
     config = read_config(model_file)
     try:
         config.site_index(target_site)
     except KeyError as err:
         raise UsageError(f"--target-site: {err.args[0]}") from None
+    if match_intensities == "auto":
+        scheme = finest_scheme(config, target_site)
+        if scheme == "none":
+            LOGGER.info("The model stores no tissue intensity landmarks for '%s': the "
+                        "output is not intensity-matched (--match-intensities auto).",
+                        target_site)
+        return scheme
     if match_intensities != "none":
         try:
             target_landmarks(config, target_site, match_intensities)
         except ValueError as err:
             raise UsageError(f"--match-intensities {match_intensities}: {err}") from None
+    return match_intensities
 
 
 def print_model_info(model: Path | None) -> int:
@@ -187,15 +196,16 @@ def build_workflow(settings: Settings):
     harmonize = None
     if settings.target_site is not None:
         model_file = resolve_model(settings.model)
-        check_target_site(model_file, settings.target_site, settings.match_intensities)
+        scheme = check_target_site(model_file, settings.target_site,
+                                   settings.match_intensities)
         sampler = settings.sampler()
         harmonize = HarmonizeOptions(model_file=model_file, target_site=settings.target_site,
                                      sampler=sampler, device=settings.device,
-                                     mem_mb=settings.mem_mb,
-                                     match_intensities=settings.match_intensities)
+                                     mem_mb=settings.mem_mb, match_intensities=scheme)
         LOGGER.info("Harmonizing to site '%s' with %s (%d steps, strength %g, stop at %g, "
-                    "%d chain(s))", settings.target_site, model_file, sampler.steps,
-                    sampler.strength, sampler.stop, sampler.samples)
+                    "%d chain(s); tissue intensity landmarks: %s)", settings.target_site,
+                    model_file, sampler.steps, sampler.strength, sampler.stop,
+                    sampler.samples, scheme)
     else:
         LOGGER.info("No --target-site: preprocessing only.")
     workflow = init_harmonize_bids_wf(
