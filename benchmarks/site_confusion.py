@@ -21,33 +21,27 @@ import numpy as np
 
 def confusion(out_dir: Path, method: str, target: str, n_splits: int = 4):
     """(site labels, confusion matrix) for ``out_dir/{method}_{target}``."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import confusion_matrix
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     from harmonize_bids import metrics
-    from harmonize_bids.evaluation import read_simulated_dataset
+    from harmonize_bids.evaluation import harmonized_outputs, read_simulated_dataset
 
     images = read_simulated_dataset(out_dir / "test_n4")
     truth = {(i.anatomy, i.site): i for i in images}
-    deriv = out_dir / f"{method}_{target}"
-    volumes, masks, sites = [], [], []
-    for img in images:
-        if img.site == target:
-            continue
-        sub = f"sub-{img.participant}"
-        path = deriv / sub / "anat" / f"{sub}_desc-harmonized_T1w.nii.gz"
-        volumes.append(np.asarray(nb.load(path).dataobj, np.float32))
-        masks.append(np.asarray(nb.load(truth[(img.anatomy, target)].brain_mask).dataobj) > 0)
-        sites.append(img.site)
+    found = harmonized_outputs(images, out_dir / f"{method}_{target}")
+    volumes = [load(path) for _, path, _ in found]
+    masks = [load(truth[(img.anatomy, tgt)].brain_mask) > 0 for img, _, tgt in found]
+    sites = [img.site for img, _, _ in found]
     features = metrics._histogram_features(volumes, masks, 32)
     cv = StratifiedKFold(n_splits, shuffle=True, random_state=0)
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    predicted = cross_val_predict(model, features, sites, cv=cv)
+    predicted = cross_val_predict(metrics.site_classifier(), features, sites, cv=cv)
     labels = sorted(set(sites))
     return labels, confusion_matrix(sites, predicted, labels=labels)
+
+
+def load(path: Path) -> np.ndarray:
+    return np.asarray(nb.load(path).dataobj, np.float32)
 
 
 def main() -> None:

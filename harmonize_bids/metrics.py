@@ -496,6 +496,16 @@ def _histogram_features(
     return np.asarray(feats, dtype=np.float64)
 
 
+def site_classifier():
+    """The classifier :func:`site_predictability` cross-validates:
+    ``StandardScaler -> LogisticRegression(max_iter=1000)`` (unfitted)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+
+
 def site_predictability(
     images: Sequence[ArrayLike],
     masks: Sequence[ArrayLike],
@@ -522,10 +532,7 @@ def site_predictability(
     ValueError
         Mismatched lengths, fewer than 2 sites, or a site with fewer than 2 images.
     """
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     n = len(images)
     if len(masks) != n or len(sites) != n:
@@ -548,8 +555,7 @@ def site_predictability(
     cv = StratifiedKFold(
         n_splits=int(min(n_splits, counts.min())), shuffle=True, random_state=random_state
     )
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    scores = cross_val_score(model, features, labels, cv=cv, scoring="accuracy")
+    scores = cross_val_score(site_classifier(), features, labels, cv=cv, scoring="accuracy")
     return {
         "accuracy": float(np.mean(scores)),
         "chance": 1.0 / uniq.size,

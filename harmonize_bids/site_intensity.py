@@ -15,8 +15,8 @@ tissue classes from an intensity-only 3-class Gaussian mixture
 (the *medians* scheme: where each tissue peak sits), ``k = 3`` its quartiles (the
 *quartiles* scheme: where it sits and how wide it is), ``k = 9`` its deciles (the
 *deciles* scheme: the shape of each peak, tails included), ``k = 19`` its quantiles
-on the 5 % grid (the *vigintiles* scheme: the finest the model stores).  A landmark vector has
-``2 + 3 k`` values, so its length says which scheme it is.  Unlike a full
+on the 5 % grid (the *vigintiles* scheme: the finest the model stores).  A landmark
+vector has ``2 + 3 k`` values, so its length says which scheme it is.  Unlike a full
 histogram (which Nyúl and histogram matching impose), landmarks do not depend on
 how much of each tissue a brain has, so mapping onto them leaves anatomy alone.
 
@@ -165,12 +165,12 @@ def match_landmarks(image: np.ndarray, mask: np.ndarray, target: Sequence[float]
                     ) -> np.ndarray:
     """``image`` with its in-mask tissue landmarks mapped onto ``target`` (>= 0, 0 outside).
 
-    The scheme (medians, quartiles, deciles, vigintiles) is ``target``'s.  An end percentile that
-    does not lie outside its neighbouring tissue landmark, in the image or in
-    ``target`` (e.g. many voxels at 0, or a fine scheme's CSF 5 % quantile), is left
-    out of the map.  Raises ``ValueError`` when the tissue landmarks themselves do not
-    increase (e.g. a flat image, or tissue classes that overlap), so the caller can
-    keep the image as it is and say so.
+    The scheme (medians, quartiles, deciles, vigintiles) is ``target``'s.  An end
+    percentile that does not lie outside its neighbouring tissue landmark, in the
+    image or in ``target`` (e.g. many voxels at 0, or a fine scheme's CSF 5 %
+    quantile), is left out of the map.  Raises ``ValueError`` when the tissue
+    landmarks themselves do not increase (e.g. a flat image, or tissue classes that
+    overlap), so the caller can keep the image as it is and say so.
     """
     mask = np.asarray(mask) > 0
     target_arr = check_landmarks(target)
@@ -210,12 +210,9 @@ def finest_scheme(config, target_site: str) -> str:
     version store the 5 % grid (``'vigintiles'``), older group models quartiles or
     medians, a model trained without landmarks none.
     """
-    stored = config.site_landmarks.get(target_site)
-    if stored is None:
-        return "none"
-    for name, _ in sorted(SCHEMES.items(), key=lambda item: -item[1]):
+    for name in sorted(SCHEMES, key=SCHEMES.get, reverse=True):
         try:
-            coarsen(stored, SCHEMES[name])
+            target_landmarks(config, target_site, name)
         except ValueError:
             continue
         return name
