@@ -83,7 +83,8 @@ def merge_results(a: dict | None, b: dict) -> dict:
     """Combine evaluate() results of several target sites."""
     if a is None:
         return b
-    for key in ("pairs", "n", "ceiling", "site_predictability", "chance"):
+    for key in ("pairs", "n", "ceiling", "site_predictability", "site_predictability_sd",
+                "chance"):
         a[key].update(b[key])
     return a
 

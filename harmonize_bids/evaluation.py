@@ -127,7 +127,8 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
     """Scores per (source, target) pair, ceilings per target, site predictability.
 
     Returns ``{"pairs": {(s, t): {metric: mean}}, "ceiling": {t: {metric: mean}},
-    "site_predictability": {t: accuracy}, "chance": {t: 1/n}, "n": {(s, t): n}}``.
+    "site_predictability": {t: accuracy}, "site_predictability_sd": {t: sd over the
+    classifier's repeated splits}, "chance": {t: 1/n}, "n": {(s, t): n}}``.
     """
     images = read_simulated_dataset(bids_dir)
     by_anatomy: dict[str, dict[str, SimulatedImage]] = defaultdict(dict)
@@ -165,7 +166,7 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
         if rows:
             ceiling[target] = {m: float(np.mean([r[m] for r in rows])) for m in rows[0]}
 
-    predictability, chance = {}, {}
+    predictability, spread, chance = {}, {}, {}
     for target, items in sent.items():
         try:
             res = metrics.site_predictability([i[0] for i in items], [i[1] for i in items],
@@ -173,21 +174,24 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
         except ValueError:
             continue
         predictability[target], chance[target] = res["accuracy"], res["chance"]
+        spread[target] = res["accuracy_sd"]
     if derivatives_dir is None:  # one question for the baseline: are raw sites apart?
         try:
             res = metrics.site_predictability([_load(i.t1w) for i in images],
                                               [_load(i.brain_mask) > 0 for i in images],
                                               [i.site for i in images])
             predictability = {t: res["accuracy"] for t in sites}
+            spread = {t: res["accuracy_sd"] for t in sites}
             chance = {t: res["chance"] for t in sites}
         except ValueError:  # too few images per site to cross-validate a classifier
-            predictability, chance = {}, {}
+            predictability, spread, chance = {}, {}, {}
     return {
         "pairs": {key: {m: float(np.mean([r[m] for r in rows])) for m in METRIC_COLUMNS}
                   for key, rows in scores.items()},
         "n": {key: len(rows) for key, rows in scores.items()},
         "ceiling": ceiling,
         "site_predictability": predictability,
+        "site_predictability_sd": spread,
         "chance": chance,
     }
 
@@ -195,14 +199,15 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
 def format_table(result: dict, method: str) -> str:
     """Markdown table: one row per (source -> target), with the target's rescan ceiling."""
     head = ("| method | source → target | n | SSIM | PSNR (dB) | MAE | corr | W1 | tissue Dice "
-            "| flicker | site pred. (chance) | rescan SSIM / PSNR / Dice |")
+            "| flicker | site pred. ± sd (chance) | rescan SSIM / PSNR / Dice |")
     lines = [head, "|" + "---|" * 12]
     for (src, tgt), row in sorted(result["pairs"].items()):
         ceil = result["ceiling"].get(tgt)
         ceil_txt = (f"{ceil['ssim']:.3f} / {ceil['psnr']:.1f} / {ceil['tissue_dice']:.3f}"
                     if ceil else "n/a")
         pred = result["site_predictability"].get(tgt)
-        pred_txt = f"{pred:.2f} ({result['chance'][tgt]:.2f})" if pred is not None else "n/a"
+        pred_txt = (f"{pred:.2f} ± {result['site_predictability_sd'][tgt]:.2f} "
+                    f"({result['chance'][tgt]:.2f})" if pred is not None else "n/a")
         lines.append(
             f"| {method} | {src} → {tgt} | {result['n'][(src, tgt)]} | {row['ssim']:.3f} | "
             f"{row['psnr']:.1f} | {row['mae']:.4f} | {row['correlation']:.3f} | "

@@ -326,6 +326,22 @@ def test_site_predictability_near_chance_without_site_effect():
     assert res["accuracy"] < 0.8
 
 
+def test_site_predictability_averages_repeated_splits():
+    """n_repeats splits, seeded random_state, random_state + 1, ...: their mean and spread."""
+    rng = np.random.default_rng(3)
+    images, masks = _site_images(rng, 12)
+    sites = list(rng.permutation(["A"] * 6 + ["B"] * 6))
+    singles = [M.site_predictability(images, masks, sites, n_splits=3, random_state=r,
+                                     n_repeats=1)["accuracy"] for r in range(5, 9)]
+    res = M.site_predictability(images, masks, sites, n_splits=3, random_state=5, n_repeats=4)
+    assert res["n_repeats"] == 4
+    assert res["accuracy"] == pytest.approx(np.mean(singles))
+    assert res["accuracy_sd"] == pytest.approx(np.std(singles))
+    assert len(set(singles)) > 1  # the split alone moves one repeat's accuracy
+    with pytest.raises(ValueError, match="n_repeats"):
+        M.site_predictability(images, masks, sites, n_repeats=0)
+
+
 def test_site_predictability_bad_inputs():
     rng = np.random.default_rng(0)
     images, masks = _site_images(rng, 4)
