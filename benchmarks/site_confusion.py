@@ -19,20 +19,32 @@ import nibabel as nb
 import numpy as np
 
 
+def sent_to(out_dir: Path, method: str, target: str) -> tuple[list, list, list]:
+    """(volumes, true brain masks, source sites) of the images ``method`` sent to
+    ``target`` (``out_dir/{method}_{target}``; method ``"none"``: the N4-corrected
+    sources themselves)."""
+    from harmonize_bids.evaluation import harmonized_outputs, read_simulated_dataset
+
+    images = read_simulated_dataset(out_dir / "test_n4")
+    truth = {(i.anatomy, i.site): i for i in images}
+    if method == "none":
+        found = [(i, i.t1w, target) for i in images
+                 if i.site != target and (i.anatomy, target) in truth]
+    else:
+        found = harmonized_outputs(images, out_dir / f"{method}_{target}")
+    volumes = [load(path) for _, path, _ in found]
+    masks = [load(truth[(img.anatomy, tgt)].brain_mask) > 0 for img, _, tgt in found]
+    return volumes, masks, [img.site for img, _, _ in found]
+
+
 def confusion(out_dir: Path, method: str, target: str, n_splits: int = 4):
     """(site labels, confusion matrix) for ``out_dir/{method}_{target}``."""
     from sklearn.metrics import confusion_matrix
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     from harmonize_bids import metrics
-    from harmonize_bids.evaluation import harmonized_outputs, read_simulated_dataset
 
-    images = read_simulated_dataset(out_dir / "test_n4")
-    truth = {(i.anatomy, i.site): i for i in images}
-    found = harmonized_outputs(images, out_dir / f"{method}_{target}")
-    volumes = [load(path) for _, path, _ in found]
-    masks = [load(truth[(img.anatomy, tgt)].brain_mask) > 0 for img, _, tgt in found]
-    sites = [img.site for img, _, _ in found]
+    volumes, masks, sites = sent_to(out_dir, method, target)
     features = metrics._histogram_features(volumes, masks, 32)
     cv = StratifiedKFold(n_splits, shuffle=True, random_state=0)
     predicted = cross_val_predict(metrics.site_classifier(), features, sites, cv=cv)
