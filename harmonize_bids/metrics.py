@@ -356,8 +356,9 @@ def tissue_segmentation(
 
     A ``GaussianMixture(n_components=n_classes)`` is fitted to the in-mask
     intensities, z-scored (``(x - mean) / std``, which does not change the
-    partition), using at most 200000 voxels drawn without replacement with
-    ``np.random.default_rng(random_state)``; every in-mask voxel then gets its
+    partition), using at most 200000 of the sorted values drawn without
+    replacement with ``np.random.default_rng(random_state)`` (sorted first, so the
+    result does not depend on the voxel order); every in-mask voxel then gets its
     most probable component.  Labels are ordered by increasing component mean
     and numbered from 1 (for T1w and 3 classes: 1 = CSF, 2 = GM, 3 = WM);
     voxels outside the mask are 0.
@@ -377,18 +378,19 @@ def tissue_segmentation(
     values = x[m]
     if values.size < n_classes:
         raise ValueError(f"mask has {values.size} voxels, fewer than n_classes={n_classes}")
-    std = float(values.std())
+    # fit on the sorted values, so the classes do not depend on the voxel order
+    # (the same brain stored in another orientation gets the same classes)
+    ordered = np.sort(values.astype(np.float64))
+    mean, std = float(ordered.mean()), float(ordered.std())
     if std == 0.0:
         raise ValueError("image is constant inside the mask; cannot segment")
-    z = ((values - values.mean()) / std).reshape(-1, 1)
-
+    fit_on = ((ordered - mean) / std).reshape(-1, 1)
     rng = np.random.default_rng(random_state)
-    fit_on = z
-    if z.shape[0] > _MAX_GMM_SAMPLES:
-        fit_on = z[rng.choice(z.shape[0], size=_MAX_GMM_SAMPLES, replace=False)]
+    if fit_on.shape[0] > _MAX_GMM_SAMPLES:
+        fit_on = fit_on[rng.choice(fit_on.shape[0], size=_MAX_GMM_SAMPLES, replace=False)]
     seed = None if random_state is None else int(random_state)
     gmm = GaussianMixture(n_components=n_classes, random_state=seed).fit(fit_on)
-    raw = gmm.predict(z)
+    raw = gmm.predict(((values - mean) / std).reshape(-1, 1))
     order = np.argsort(gmm.means_.ravel())  # order[k] = component with k-th smallest mean
     relabel = np.empty(n_classes, dtype=np.int_)
     relabel[order] = np.arange(1, n_classes + 1)

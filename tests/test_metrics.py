@@ -254,6 +254,20 @@ def test_tissue_segmentation_subsamples_large_masks(monkeypatch):
         assert M.dice(seg == k, tissue == k) > 0.9
 
 
+@pytest.mark.parametrize("cap", [None, 300])
+def test_tissue_segmentation_ignores_voxel_order(monkeypatch, cap):
+    """The same brain stored in another orientation gets the same classes."""
+    if cap:
+        monkeypatch.setattr(M, "_MAX_GMM_SAMPLES", cap)
+    rng = np.random.default_rng(4)
+    tissue, mask = _three_class_phantom()
+    img = np.choose(tissue, [0.0, 30.0, 55.0, 80.0]) + rng.normal(0.0, 12.0, SHAPE)
+    seg = M.tissue_segmentation(img, mask)
+    turned = M.tissue_segmentation(np.flip(img, 0).transpose(2, 0, 1),
+                                   np.flip(mask, 0).transpose(2, 0, 1))
+    np.testing.assert_array_equal(np.flip(seg, 0).transpose(2, 0, 1), turned)
+
+
 def test_tissue_segmentation_bad_inputs():
     mask = _ball_mask()
     with pytest.raises(ValueError):
