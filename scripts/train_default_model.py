@@ -216,6 +216,10 @@ def main() -> None:
     parser.add_argument("--distribution-weight", type=float, default=0.0,
                         help="weight of the in-brain intensity-distribution term "
                              "(TrainConfig.distribution_weight; 0: off)")
+    parser.add_argument("--output-consistency-weight", type=float, default=0.0,
+                        help="weight of the output-consistency term: the predictions from "
+                             "the same anatomy at two source sites must agree "
+                             "(TrainConfig.output_consistency_weight; 0: off)")
     parser.add_argument("--run-name", default="",
                         help="keep this run's training state in WORK/RUN_NAME (the data "
                              "stages stay shared)")
@@ -317,7 +321,8 @@ def main() -> None:
                         crop=(64, 64), augment=1.5)
     device = resolve_device(args.device)
     train_config = TrainConfig(lr=2e-4, bf16=use_bf16(device), log_every=200, seed=0,
-                               distribution_weight=args.distribution_weight)
+                               distribution_weight=args.distribution_weight,
+                               output_consistency_weight=args.output_consistency_weight)
     loop = TrainLoop(model, lambda r: data.sample(args.batch_size, r),
                      train_config, device=device)
     run_dir = work / args.run_name if args.run_name else work
@@ -367,6 +372,7 @@ def main() -> None:
                      "bf16": train_config.bf16, "threads": args.threads,
                      "max_loss_weight": train_config.max_loss_weight,
                      "distribution_weight": train_config.distribution_weight,
+                     "output_consistency_weight": train_config.output_consistency_weight,
                      "simulated_bias_field": "none (N4-corrected targets); sources get a "
                                              f"residual bias up to {data.residual_bias}",
                      "source_input": config.source_input,

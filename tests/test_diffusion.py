@@ -364,6 +364,38 @@ def test_distribution_term_enters_the_loss_and_has_gradients():
                for p in model.denoiser.parameters())
 
 
+@pytest.mark.parametrize("source_input", [False, True])
+def test_output_consistency_term_compares_predictions_from_two_sites(source_input):
+    """Zero when both sources are the same slice, positive otherwise, added to the loss
+    with its weight, and its gradient reaches the condition encoder and the denoiser
+    (with and without the detail path)."""
+    from harmonize_bids.training.data import Batch
+    from harmonize_bids.training.loop import TrainConfig, training_losses
+
+    model = tiny_model(source_input=source_input).eval()  # no bottleneck noise: same input, same condition
+    g = torch.Generator().manual_seed(1)
+    source = torch.rand(2, 3, 16, 16, generator=g)
+    target = torch.rand(2, 1, 16, 16, generator=g)
+    sites = torch.tensor([0, 1])
+    t, noise = torch.tensor([50, 300]), torch.randn(2, 1, 16, 16, generator=g)
+    sched = model.schedule()
+    same = Batch(source, source.clone(), target, sites, sites)
+    on = TrainConfig(output_consistency_weight=3.0)
+    assert float(training_losses(model, sched, same, t, noise, on)["output_consistency"]) \
+        < 1e-12
+    other = Batch(source, torch.rand(2, 3, 16, 16, generator=g), target, sites, sites)
+    off = training_losses(model, sched, other, t, noise, TrainConfig())
+    assert "output_consistency" not in off
+    losses = training_losses(model, sched, other, t, noise, on)
+    assert float(losses["output_consistency"]) > 0
+    assert torch.allclose(losses["loss"], off["loss"] + 3.0 * losses["output_consistency"])
+    model.zero_grad()
+    losses["output_consistency"].backward()
+    for part in (model.denoiser, model.encoder):
+        assert any(p.grad is not None and float(p.grad.abs().sum()) > 0
+                   for p in part.parameters())
+
+
 def test_bf16_only_where_the_cpu_has_it():
     from harmonize_bids.training.loop import fast_bf16_on_cpu, use_bf16
 

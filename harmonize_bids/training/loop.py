@@ -10,7 +10,12 @@ gradient is reversed into the encoder (so c stops carrying the site)
 + ``distribution_weight`` * :func:`distribution_loss` of the predicted clean
 slice (its in-brain intensity distribution against the target's, so that the
 output's histogram is the target site's whatever the source: the mean-seeking
-MSE alone lets noisy sources give wider and blurred ones narrower peaks).
+MSE alone lets noisy sources give wider and blurred ones narrower peaks)
++ ``output_consistency_weight`` * weighted MSE between the network's predictions
+from the source and from the same anatomy at another site (same noisy target,
+timestep and target site): the *output*, not only c, must not depend on the
+source's scanner, which also covers what reaches the denoiser through the
+detail path (``ModelConfig.source_input``).
 """
 from __future__ import annotations
 
@@ -47,6 +52,8 @@ class TrainConfig:
     max_loss_weight: float | None = 5.0
     #: weight of :func:`distribution_loss` (0: off, as in models before session 7)
     distribution_weight: float = 0.0
+    #: weight of the output-consistency term (0: off, as in models up to session 11)
+    output_consistency_weight: float = 0.0
 
 
 def distribution_loss(x0: torch.Tensor, target: torch.Tensor, ab: torch.Tensor,
@@ -99,9 +106,15 @@ def training_losses(model: HarmonizationModel, schedule: NoiseSchedule, batch: B
     if config.distribution_weight:
         x0, _ = NoiseSchedule.x0_eps_from(pred, out.float(), x_t.float(), ab)
         losses["distribution"] = distribution_loss(x0, batch.target, ab)
-    if config.consistency_weight:
+    cond_alt = None
+    if config.consistency_weight or config.output_consistency_weight:
         cond_alt = model.encode(batch.source_alt, generator)
+    if config.consistency_weight:
         losses["consistency"] = F.mse_loss(cond, cond_alt)
+    if config.output_consistency_weight:
+        out_alt = model(x_t, t, batch.target_site, cond_alt, batch.source_alt)
+        gap = ((out.float() - out_alt.float()) ** 2).mean(dim=(1, 2, 3))
+        losses["output_consistency"] = (weight * gap).mean()
     known = batch.source_site >= 0
     if config.adversary_weight and known.any():
         logits = model.site_classifier(cond[known], reverse=1.0)
@@ -109,7 +122,9 @@ def training_losses(model: HarmonizationModel, schedule: NoiseSchedule, batch: B
     losses["loss"] = (losses["diffusion"]
                       + config.consistency_weight * losses.get("consistency", 0.0)
                       + config.adversary_weight * losses.get("adversary", 0.0)
-                      + config.distribution_weight * losses.get("distribution", 0.0))
+                      + config.distribution_weight * losses.get("distribution", 0.0)
+                      + config.output_consistency_weight
+                      * losses.get("output_consistency", 0.0))
     return losses
 
 
