@@ -137,7 +137,8 @@ def held_out_label_maps(card: dict, n_test: int) -> list[str]:
 
 
 def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
-                    threads: int = 1, matches: tuple[str | None, ...] = (None,)) -> list:
+                    threads: int = 1, matches: tuple[str | None, ...] = (None,),
+                    peers: dict | None = None) -> list:
     from harmonize_bids.derivatives import init_derivatives
     from harmonize_bids.diffusion.volume import harmonize_volume
     from harmonize_bids.evaluation import evaluate, read_simulated_dataset
@@ -160,7 +161,7 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
     base = evaluate(test_ds)
     base["pairs"] = {k: v for k, v in base["pairs"].items() if k[1] in targets}
     tables.append(("no harmonization", base, 0.0))
-    for name, fn in peer_methods().items():
+    for name, fn in (peer_methods() if peers is None else peers).items():
         merged, t0, n = None, time.monotonic(), 0
         for target in targets:
             deriv = out / f"{name.split()[0].lower()}_{target}"
@@ -227,7 +228,8 @@ def n4_array(image: np.ndarray, voxel_mm: float) -> np.ndarray:
 
 
 def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int,
-              matches: tuple[str | None, ...] = (None,)) -> tuple[str, list]:
+              matches: tuple[str | None, ...] = (None,),
+              peers: dict | None = None) -> tuple[str, list]:
     """Real held-out IXI brains, re-rendered by unseen random protocols, back to ixi-hh."""
     from harmonize_bids import metrics
     from harmonize_bids.diffusion.volume import harmonize_volume
@@ -246,7 +248,8 @@ def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int,
     volumes, masks, used = load_training_volumes(records, ixi_derivatives, model.config.voxel_mm)
     rng = np.random.default_rng(90210)  # never used in training
     site = model.config.site_index("ixi-hh")
-    rows = {name: [] for name in ["no harmonization", *peer_methods(),
+    peers = peer_methods() if peers is None else peers
+    rows = {name: [] for name in ["no harmonization", *peers,
                                   *(ours_name(sm, m) for sm in samplers for m in matches)]}
     times = {name: 0.0 for name in rows}
     for i, sub in enumerate(used):
@@ -259,7 +262,7 @@ def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int,
             # as in the app, the harmonizer (and every peer) sees the N4-corrected scan
             src = normalize_brain(n4_array(shifted, model.config.voxel_mm), mask)
             candidates = {"no harmonization": lambda: src}
-            for name, fn in peer_methods().items():
+            for name, fn in peers.items():
                 candidates[name] = (lambda fn=fn, name=name: fn(
                     src, mask, others if name.startswith("Nyul") else others[i % len(others):][:1]))
             for sm in samplers:
@@ -313,13 +316,15 @@ def summary(tables: list) -> str:
         dice_ok = sum(res["pairs"][k]["tissue_dice"] >= tables[0][1]["pairs"][k]["tissue_dice"]
                       for k in res["pairs"])
         targets = sorted(res["site_predictability"])
-        pred_ok = sum(res["site_predictability"][t] <= min(p[1]["site_predictability"][t]
-                                                          for p in peers[1:])
-                      for t in targets)
+        if len(peers) > 1:
+            pred_ok = sum(res["site_predictability"][t] <= min(
+                p[1]["site_predictability"][t] for p in peers[1:]) for t in targets)
+            pred = f"site predictability <= every peer's for {pred_ok}/{len(targets)} targets"
+        else:
+            pred = "site predictability: no peers run (--no-peers)"
         lines.append(f"\n{name}: beats every peer (and no harmonization) on SSIM in "
                      f"{wins['ssim']}/{len(res['pairs'])} pairs, on PSNR in "
-                     f"{wins['psnr']}/{len(res['pairs'])}; site predictability <= every "
-                     f"peer's for {pred_ok}/{len(targets)} targets; tissue Dice >= no "
+                     f"{wins['psnr']}/{len(res['pairs'])}; {pred}; tissue Dice >= no "
                      "harmonization in "
                      f"{dice_ok}/{len(res['pairs'])}")
     return "\n".join(lines)
@@ -355,6 +360,11 @@ def main() -> None:
     parser.add_argument("--tracks", nargs="+", choices=["A", "B"], default=["A", "B"],
                         help="A: simulated traveling subjects; B: real IXI brains under "
                              "unseen protocols")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="run only no harmonization and ours (to compare models: the "
+                             "peers' outputs do not depend on the model; "
+                             "site_predictability_rescore.py scores ours beside an earlier "
+                             "run's peer folders)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/hb_quality"))
     parser.add_argument("--results", type=Path,
@@ -369,11 +379,12 @@ def main() -> None:
                 for st in args.steps for sg in args.strength for sp in args.stop_at
                 for n in args.samples]
     matches = match_variants(model, args.targets)
+    peers = {} if args.no_peers else peer_methods()
     tables, held_out = simulated_track(model, card, args.targets, samplers, args.out_dir,
-                                       args.n_test, args.threads, matches) \
+                                       args.n_test, args.threads, matches, peers) \
         if "A" in args.tracks else ([], held_out_label_maps(card, args.n_test))
     ixi_text, ixi_used = ixi_track(model, card, args.ixi_derivatives, samplers,
-                                   args.ixi_shifts, matches) \
+                                   args.ixi_shifts, matches, peers) \
         if "B" in args.tracks else ("Track B not run (--tracks)", [])
     lines = [
         "# Quality vs. peers, on data the model never trained on", "",

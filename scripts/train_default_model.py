@@ -223,6 +223,10 @@ def main() -> None:
     parser.add_argument("--run-name", default="",
                         help="keep this run's training state in WORK/RUN_NAME (the data "
                              "stages stay shared)")
+    parser.add_argument("--landmarks-from", type=Path, default=None,
+                        help="take the target-site tissue landmarks from this model instead "
+                             "of computing them (skips their N4 stage; keeps a fine-tune's "
+                             "--match-intensities targets identical to that model's)")
     parser.add_argument("--landmarks-only", action="store_true",
                         help="compute the target-site tissue landmarks, write them into the "
                              "existing --output model (weights unchanged) and stop")
@@ -272,7 +276,13 @@ def main() -> None:
     # 3. target-site tissue landmarks (before the shifted copies: those are no site's images)
     train_ixi = [s for s, _ in subjects[:args.n_ixi]]
     volumes, masks, used = ixi_volumes(ixi_bids, ixi_out, train_ixi, 2.0)
-    landmarks = target_landmarks(work, sim_dir, volumes, masks)
+    if args.landmarks_from:
+        from harmonize_bids.diffusion.checkpoint import load_model
+
+        landmarks = load_model(args.landmarks_from)[0].config.site_landmarks
+        log(f"tissue landmarks of {sorted(landmarks)} from {args.landmarks_from}")
+    else:
+        landmarks = target_landmarks(work, sim_dir, volumes, masks)
     if args.landmarks_only:
         write_landmarks(args.output, landmarks)
         return
