@@ -19,10 +19,10 @@ import nibabel as nb
 import numpy as np
 
 
-def sent_to(out_dir: Path, method: str, target: str) -> tuple[list, list, list]:
-    """(volumes, true brain masks, source sites) of the images ``method`` sent to
-    ``target`` (``out_dir/{method}_{target}``; method ``"none"``: the N4-corrected
-    sources themselves)."""
+def sent_pairs(out_dir: Path, method: str, target: str) -> list[tuple]:
+    """(source image record, output path, truth record) for every image ``method``
+    sent to ``target`` (``out_dir/{method}_{target}``; method ``"none"``: the
+    N4-corrected sources themselves); the truth is the same anatomy at ``target``."""
     from harmonize_bids.evaluation import harmonized_outputs, read_simulated_dataset
 
     images = read_simulated_dataset(out_dir / "test_n4")
@@ -32,9 +32,16 @@ def sent_to(out_dir: Path, method: str, target: str) -> tuple[list, list, list]:
                  if i.site != target and (i.anatomy, target) in truth]
     else:
         found = harmonized_outputs(images, out_dir / f"{method}_{target}")
-    volumes = [load(path) for _, path, _ in found]
-    masks = [load(truth[(img.anatomy, tgt)].brain_mask) > 0 for img, _, tgt in found]
-    return volumes, masks, [img.site for img, _, _ in found]
+    return [(img, path, truth[(img.anatomy, tgt)]) for img, path, tgt in found]
+
+
+def sent_to(out_dir: Path, method: str, target: str) -> tuple[list, list, list]:
+    """(volumes, true brain masks, source sites) of the images ``method`` sent to
+    ``target`` (see :func:`sent_pairs`)."""
+    pairs = sent_pairs(out_dir, method, target)
+    volumes = [load(path) for _, path, _ in pairs]
+    masks = [load(truth.brain_mask) > 0 for _, _, truth in pairs]
+    return volumes, masks, [img.site for img, _, _ in pairs]
 
 
 def confusion(out_dir: Path, method: str, target: str, n_splits: int = 4):

@@ -1,0 +1,102 @@
+#!/usr/bin/env python
+"""Where the harmonized image puts the tissue boundaries, by source site.
+
+Session 11 found what still identifies the source site after tissue-landmark
+matching: the output's tissue fractions (mostly where the GM/WM boundary falls)
+depend on the source, e.g. +0.026 WM for ``ge15tspgr`` sources and -0.040 for
+``philips3ttfe`` ones.  A harmonizer that preserves anatomy should give the
+truth's fractions whatever the source.
+
+For every method folder that ``quality_vs_peers.py`` left in ``--out-dir``
+(and ``none``: the N4-corrected sources), this prints the mean over anatomies of
+(output - truth) CSF/GM/WM fractions per source site, both from
+:func:`harmonize_bids.metrics.tissue_segmentation` inside the truth's brain mask,
+then two summaries over sources: the spread (sd of the per-source means; what a
+site classifier can use) and the mean absolute bias.  Lower is better for both.
+
+    python benchmarks/tissue_fraction_bias.py --out-dir /tmp/hb_quality \\
+        --targets siemens3tmprage --results benchmarks/results/tissue_fraction_bias.md
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from site_confusion import load, sent_pairs  # noqa: E402
+from site_predictability_rescore import methods_in  # noqa: E402
+
+TISSUES = ("CSF", "GM", "WM")
+
+
+def fractions(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """CSF, GM, WM fractions of ``mask`` by the metrics module's tissue classes."""
+    from harmonize_bids import metrics
+
+    classes = metrics.tissue_segmentation(image, mask)[mask]
+    return np.array([(classes == k).mean() for k in (1, 2, 3)])
+
+
+def bias_by_source(pairs: list[tuple]) -> dict[str, np.ndarray]:
+    """source site -> mean (output - truth) fractions over its anatomies."""
+    per_source: dict[str, list] = {}
+    for img, path, truth in pairs:
+        mask = load(truth.brain_mask) > 0
+        per_source.setdefault(img.site, []).append(
+            fractions(load(path), mask) - fractions(load(truth.t1w), mask))
+    return {site: np.mean(rows, axis=0) for site, rows in sorted(per_source.items())}
+
+
+def summarize(bias: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(sd over sources, mean |bias| over sources), per tissue."""
+    table = np.array(list(bias.values()))
+    return table.std(axis=0), np.abs(table).mean(axis=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out-dir", type=Path, default=Path("/tmp/hb_quality"))
+    parser.add_argument("--targets", nargs="+", default=["siemens3tmprage", "ge15tspgr"])
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="method folder names without _TARGET (default: all found)")
+    parser.add_argument("--results", type=Path, default=None, help="also write the tables here")
+    args = parser.parse_args()
+    if not (args.out_dir / "test_n4").is_dir():
+        parser.error(f"{args.out_dir} holds no quality benchmark (no test_n4/): "
+                     "run benchmarks/quality_vs_peers.py first")
+    methods = args.methods or ["none", *methods_in(args.out_dir, args.targets)]
+    lines = ["# Tissue-fraction bias by source site", "",
+             f"- command: `python benchmarks/tissue_fraction_bias.py {' '.join(sys.argv[1:])}`",
+             f"- date: {datetime.date.today()}; {platform.machine()}, {os.cpu_count()} CPUs",
+             f"- outputs: those in `{args.out_dir}` (written by quality_vs_peers.py)",
+             "- cells: mean over anatomies of output minus truth CSF / GM / WM fraction of "
+             "the truth's brain mask (metrics.tissue_segmentation on both); spread = sd of "
+             "the per-source means, |bias| = their mean absolute value", ""]
+    for target in args.targets:
+        bias = {m: bias_by_source(sent_pairs(args.out_dir, m, target)) for m in methods}
+        sources = sorted({s for b in bias.values() for s in b})
+        lines += [f"## → {target}", "",
+                  "| method | " + " | ".join(sources) + " | spread WM | spread GM | |bias| WM |",
+                  "|---|" + "---|" * (len(sources) + 3)]
+        for method, b in bias.items():
+            spread, size = summarize(b)
+            cells = [" / ".join(f"{v:+.3f}" for v in b[s]) if s in b else "—" for s in sources]
+            lines.append(f"| {method} | " + " | ".join(cells)
+                         + f" | {spread[2]:.3f} | {spread[1]:.3f} | {size[2]:.3f} |")
+        lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    if args.results:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
