@@ -191,6 +191,10 @@ def main() -> None:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/hb_default"))
     parser.add_argument("--minutes", type=float, default=60, help="training time budget")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="also stop at this many optimizer steps of this run (a multiple "
+                             "of 100; for runs that must match another's steps, e.g. a "
+                             "control run)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where to train ('auto': a GPU when one is available)")
@@ -342,7 +346,7 @@ def main() -> None:
     if load_state(loop, state):
         trained_s = json.loads((run_dir / "training_time.json").read_text())["seconds"]
         log(f"resuming at step {loop.step} ({trained_s / 60:.1f} min done)")
-    while trained_s < args.minutes * 60:
+    while trained_s < args.minutes * 60 and (args.steps is None or loop.step < args.steps):
         t0 = time.monotonic()
         loop.run(100, log=log)
         trained_s += time.monotonic() - t0
