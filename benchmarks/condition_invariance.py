@@ -44,7 +44,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "condition_invariance.md")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    from harmonize_bids.utils.cpu import configure_cpu
+    configure_cpu(2)
     model, _ = load_model(args.model)
     volumes, masks = ras_volumes(args.dataset)
     k = model.config.context_slices

@@ -114,9 +114,11 @@ def matched(image, mask, model, site: str, scheme: str | None):
     return match_landmarks(image, mask, target_landmarks(model.config, site, scheme))
 
 
-def test_dataset(sites: list[str], held_out: list[str], out: Path, threads: int = 1) -> Path:
+def test_dataset(sites: list[str], held_out: list[str], out: Path, threads: int = 1,
+                 n_anatomies: int | None = None) -> Path:
     """The held-out traveling subjects under ``sites`` + the unseen protocols, with
-    rescans, N4-corrected like the app does (truths included); reused when present."""
+    rescans, N4-corrected like the app does (truths included); reused when present.
+    ``n_anatomies`` beyond ``len(held_out)`` adds deformed/flipped variants."""
     from harmonize_bids.evaluation import bias_corrected_copy
     from harmonize_bids.simulate.dataset import make_traveling_dataset
     from harmonize_bids.simulate.protocols import PROTOCOLS
@@ -125,9 +127,19 @@ def test_dataset(sites: list[str], held_out: list[str], out: Path, threads: int 
     if not raw.exists():
         make_traveling_dataset(subset_dir(SHARED / "synthseg-labels", held_out, out / "labels"),
                                raw, [PROTOCOLS[n] for n in sites + UNSEEN],
-                               n_anatomies=len(held_out), resolution_mm=2.0, seed=2,
+                               n_anatomies=n_anatomies or len(held_out), resolution_mm=2.0,
+                               seed=2,
                                rescan=True, progress=log)
     return bias_corrected_copy(raw, out / "test_n4", num_threads=threads, progress=log)
+
+
+def label_map_of(anatomy: str) -> str:
+    """The label map a test subject was rendered from (variants are named ``MAP-vK``).
+
+    >>> label_map_of("training_seg_13-v5"), label_map_of("training_seg_14")
+    ('training_seg_13', 'training_seg_14')
+    """
+    return anatomy.split("-v")[0]
 
 
 def held_out_label_maps(card: dict, n_test: int) -> list[str]:
@@ -138,7 +150,7 @@ def held_out_label_maps(card: dict, n_test: int) -> list[str]:
 
 def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
                     threads: int = 1, matches: tuple[str | None, ...] = (None,),
-                    peers: dict | None = None) -> list:
+                    peers: dict | None = None, n_anatomies: int | None = None) -> list:
     from harmonize_bids.derivatives import init_derivatives
     from harmonize_bids.diffusion.volume import harmonize_volume
     from harmonize_bids.evaluation import evaluate, read_simulated_dataset
@@ -146,13 +158,13 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
 
     held_out = held_out_label_maps(card, n_test)
     sim_sites = [s for s in model.config.sites if s in PROTOCOLS]
-    test_ds = test_dataset(sim_sites, held_out, out, threads)
+    test_ds = test_dataset(sim_sites, held_out, out, threads, n_anatomies)
     images = read_simulated_dataset(test_ds)
     vols, masks = ras_volumes(test_ds)
     anats = sorted(vols)
 
     def refs_for(img, target, k=None):
-        others = [a for a in anats if a != img.anatomy]
+        others = [a for a in anats if label_map_of(a) != label_map_of(img.anatomy)]
         chosen = others if k is None else [others[anats.index(img.anatomy) % len(others)]]
         recs = [i for i in images if i.site == target and i.anatomy in chosen]
         return [(load(r.t1w), load(r.brain_mask) > 0) for r in recs]
@@ -336,6 +348,7 @@ def main() -> None:
     from harmonize_bids.diffusion.checkpoint import bundled_model, file_sha256, load_model
     from harmonize_bids.diffusion.schedule import SamplerSettings
     from harmonize_bids.evaluation import format_table
+    from harmonize_bids.utils.cpu import configure_cpu
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -351,7 +364,12 @@ def main() -> None:
                         help="averaged chains (SamplerSettings.samples); every steps x stop x "
                              "samples is run")
     parser.add_argument("--targets", nargs="+", default=["siemens3tmprage", "ge15tspgr"])
-    parser.add_argument("--n-test", type=int, default=4, help="held-out anatomies")
+    parser.add_argument("--n-test", type=int, default=4, help="held-out label maps")
+    parser.add_argument("--n-anatomies", type=int, default=None,
+                        help="track-A test subjects: the --n-test held-out label maps, then "
+                             "deformed and flipped variants of them, each with its own "
+                             "texture (default: --n-test, no variants); more subjects "
+                             "resolve smaller differences in site predictability")
     parser.add_argument("--ixi-derivatives", type=Path,
                         default=Path("/tmp/hb_default/ixi_derivatives"),
                         help="participant-level outputs holding the held-out IXI brains "
@@ -370,7 +388,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path,
                         default=Path(__file__).parent / "results" / "quality_vs_peers.md")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    configure_cpu(args.threads)
     model_file = args.model or bundled_model()
     model, card = load_model(model_file)
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -381,7 +399,8 @@ def main() -> None:
     matches = match_variants(model, args.targets)
     peers = {} if args.no_peers else peer_methods()
     tables, held_out = simulated_track(model, card, args.targets, samplers, args.out_dir,
-                                       args.n_test, args.threads, matches, peers) \
+                                       args.n_test, args.threads, matches, peers,
+                                       args.n_anatomies) \
         if "A" in args.tracks else ([], held_out_label_maps(card, args.n_test))
     ixi_text, ixi_used = ixi_track(model, card, args.ixi_derivatives, samplers,
                                    args.ixi_shifts, matches, peers) \
@@ -394,10 +413,13 @@ def main() -> None:
         f"- date: {datetime.date.today()}; {platform.machine()}, {os.cpu_count()} CPUs, "
         f"{args.threads} torch threads, torch {torch.__version__}; no GPU; "
         f"total {(time.monotonic() - t0) / 60:.0f} min",
-        f"- track A: held-out label maps {held_out} under {list(model.config.sites)} "
-        f"(simulated ones) + unseen {UNSEEN}, 2 mm; targets {args.targets}",
-        "- peers' references: the target site's image of another held-out anatomy "
-        "(Nyul: all other held-out anatomies at the target site)",
+        f"- track A: held-out label maps {held_out}"
+        + (f" and deformed/flipped variants of them ({args.n_anatomies} subjects)"
+           if (args.n_anatomies or len(held_out)) > len(held_out) else "")
+        + f" under {list(model.config.sites)} (simulated ones) + unseen {UNSEEN}, 2 mm; "
+        f"targets {args.targets}",
+        "- peers' references: the target site's image of another held-out anatomy, never "
+        "one from the source's own label map (Nyul: all such anatomies at the target site)",
         "- every simulated image (sources, truths, rescans) and every track-B source is "
         "N4-corrected with the participant level's settings first, as the app does before "
         "it harmonizes: the bias field is random per scan (docs/simulator.md)",

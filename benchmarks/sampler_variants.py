@@ -83,7 +83,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path,
                         default=Path(__file__).parent / "results" / "sampler_variants.md")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    from harmonize_bids.utils.cpu import configure_cpu
+    configure_cpu(args.threads)
     model_file = args.model or bundled_model()
     model, card = load_model(model_file)
     model.eval()

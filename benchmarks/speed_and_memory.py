@@ -6,8 +6,9 @@ Every measurement runs in a fresh child process, so its peak memory (max RSS of
 the process and its workers, from ``getrusage(RUSAGE_CHILDREN)``) is its own.
 
 A. ``harmonize_volume`` on one template-space brain (the model's 2 mm grid) for
-   S = 5, 10, 25, 50 steps, on the CPU (``--threads``) and on CUDA when present:
-   seconds per volume, slices per second (network evaluations x slices / s), peak RSS.
+   S = 5, 10, 25, 50 steps (each with the default number of averaged chains), on the
+   CPU (``--threads``) and on CUDA when present: seconds per volume, network
+   evaluations per second (slices x steps x chains / s), peak RSS.
 B. The peers on the same brain (seconds per volume).
 C. The participant level (preprocessing + harmonization, S = 10) on 1, 2 and 4
    simulated 2 mm heads with ``--nprocs 2``: wall time, seconds per subject, peak
@@ -28,7 +29,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -47,7 +47,8 @@ from harmonize_bids.simulate.protocols import PROTOCOLS
 from harmonize_bids.simulate.tissues import is_brain_label
 from harmonize_bids.templates import get_template
 steps, device, threads = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-torch.set_num_threads(threads)
+from harmonize_bids.utils.cpu import configure_cpu
+configure_cpu(threads)
 model, _ = load_model(bundled_model(), device=device)
 grid_mm = float(sys.argv[4]) if len(sys.argv) > 4 else model.config.voxel_mm
 anat = load_anatomy(get_template("demo_anatomy"))
@@ -67,7 +68,8 @@ harmonize_volume(model, vol, mask, model.config.site_index("siemens3tmprage"),
                  SamplerSettings(steps=steps), device=device)
 if device == "cuda": torch.cuda.synchronize()
 sec = time.perf_counter() - t0
-print(json.dumps({"seconds": sec, "slices": n_slices, "shape": list(vol.shape)}))
+print(json.dumps({"seconds": sec, "slices": n_slices, "shape": list(vol.shape),
+                  "chains": SamplerSettings(steps=steps).samples}))
 """
 
 CHILD_B = r"""
@@ -131,10 +133,17 @@ def main() -> None:
     parser.add_argument("--grids-mm", type=float, nargs="+", default=[2.0, 1.5, 1.0],
                         help="grid spacings of section D")
     parser.add_argument("--sections", nargs="+", choices=list("ABCD"), default=list("ABCD"))
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="measure with glibc's default allocator settings (sets "
+                             "HARMONIZE_BIDS_NO_MALLOC_TUNING for every child)")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/hb_speed"))
     parser.add_argument("--results", type=Path,
                         default=Path(__file__).parent / "results" / "speed_and_memory.md")
     args = parser.parse_args()
+    from harmonize_bids.utils.cpu import OPT_OUT
+
+    if args.no_malloc_tuning:
+        os.environ[OPT_OUT] = "1"  # the children inherit it
     args.out_dir.mkdir(parents=True, exist_ok=True)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     lines = ["# Speed and memory", "",
@@ -142,7 +151,8 @@ def main() -> None:
              f"- date: {datetime.date.today()}; {platform.machine()}, {os.cpu_count()} CPUs, "
              f"torch {torch.__version__}; GPU: "
              f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}",
-             f"- LD_PRELOAD: `{os.environ.get('LD_PRELOAD', '')}`"]
+             f"- LD_PRELOAD: `{os.environ.get('LD_PRELOAD', '')}`; glibc malloc tuning "
+             f"(`harmonize_bids.utils.cpu`): {'off' if os.environ.get(OPT_OUT) else 'on'}"]
     if "A" in args.sections:
         lines += section_a(args, devices)
     if "B" in args.sections:
@@ -160,15 +170,17 @@ def main() -> None:
 def section_a(args: argparse.Namespace, devices: list[str]) -> list[str]:
     """Harmonization of one volume at each step count."""
     lines = ["", "## A. Harmonization of one volume (demo head, model grid 2 mm, bundled model)",
-             "", "| device | threads | steps S | s / volume | slices | slice-steps / s | "
-             "peak RSS (MB) |", "|---|---|---|---|---|---|---|"]
+             "", "| device | threads | steps S x chains | s / volume | slices | "
+             "network evaluations / s | peak RSS (MB) |", "|---|---|---|---|---|---|---|"]
     for device in devices:
         for steps in args.steps:
             out, _, rss = run_child([sys.executable, "-c", CHILD_A, str(steps), device,
                                      str(args.threads)])
             r = json.loads(out.strip().splitlines()[-1])
-            lines.append(f"| {device} | {args.threads} | {steps} | {r['seconds']:.1f} | "
-                         f"{r['slices']} | {r['slices'] * steps / r['seconds']:.0f} | {rss:.0f} |")
+            evals = r["slices"] * steps * r.get("chains", 1)
+            lines.append(f"| {device} | {args.threads} | {steps} x {r.get('chains', 1)} | "
+                         f"{r['seconds']:.1f} | {r['slices']} | {evals / r['seconds']:.0f} | "
+                         f"{rss:.0f} |")
             log(lines[-1])
     return lines
 
@@ -188,7 +200,7 @@ def section_d(args: argparse.Namespace, devices: list[str], steps: int = 5) -> l
              "The demo head rendered on each grid; the bundled model (trained at 2 mm) run "
              "on it. This measures cost only: the app harmonizes on the model's own grid.", "",
              "| device | grid (mm) | shape | slices | voxels (M) | s / volume | "
-             "slice-steps / s | peak RSS (MB) |", "|---|---|---|---|---|---|---|---|"]
+             "network evaluations / s | peak RSS (MB) |", "|---|---|---|---|---|---|---|---|"]
     for device in devices:
         for grid in args.grids_mm:
             out, _, rss = run_child([sys.executable, "-c", CHILD_A, str(steps), device,
@@ -197,7 +209,8 @@ def section_d(args: argparse.Namespace, devices: list[str], steps: int = 5) -> l
             shape = r["shape"]
             lines.append(f"| {device} | {grid:g} | {'x'.join(map(str, shape))} | "
                          f"{r['slices']} | {np.prod(shape) / 1e6:.2f} | {r['seconds']:.1f} | "
-                         f"{r['slices'] * steps / r['seconds']:.0f} | {rss:.0f} |")
+                         f"{r['slices'] * steps * r.get('chains', 1) / r['seconds']:.0f} | "
+                         f"{rss:.0f} |")
             log(lines[-1])
     return lines
 

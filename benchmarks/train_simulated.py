@@ -121,7 +121,8 @@ def main() -> None:
                         default=Path(__file__).parent / "results" / "train_simulated.md")
     args = parser.parse_args()
     model_arg = args.model
-    torch.set_num_threads(args.threads)
+    from harmonize_bids.utils.cpu import configure_cpu
+    configure_cpu(args.threads)
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     log = lambda m: print(f"{time.strftime('%H:%M:%S')} {m}", flush=True)  # noqa: E731
@@ -170,7 +171,8 @@ def main() -> None:
     first, last = card["losses"]["first200_diffusion"], card["losses"]["last200_diffusion"]
 
     # ---- harmonize the held-out set with the model and with histogram matching
-    torch.set_num_threads(2)
+    from harmonize_bids.utils.cpu import configure_cpu
+    configure_cpu(2)
     images = read_simulated_dataset(test_ds)
     test_vols, test_masks = ras_volumes(test_ds)
     anats = sorted(test_vols)

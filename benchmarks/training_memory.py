@@ -29,7 +29,8 @@ from harmonize_bids.training.data import Batch
 from harmonize_bids.training.loop import TrainConfig, TrainLoop
 patch, batch, ckpt, threads, steps, warmup, device = (int(sys.argv[1]), int(sys.argv[2]),
     sys.argv[3] == "1", int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7])
-torch.set_num_threads(threads)
+from harmonize_bids.utils.cpu import configure_cpu
+configure_cpu(threads)
 model = HarmonizationModel(load_model(bundled_model())[0].config)  # fresh weights
 k = 2 * model.config.context_slices + 1
 g = torch.Generator().manual_seed(0)

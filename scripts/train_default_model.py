@@ -307,7 +307,9 @@ def main() -> None:
         use_bf16,
     )
 
-    torch.set_num_threads(args.threads)
+    from harmonize_bids.utils.cpu import configure_cpu
+
+    configure_cpu(args.threads)
     log(f"{len(used)} IXI brains; rendering {args.shifted_copies} shifted copies of each ...")
     add_shifted_copies(volumes, masks, args.shifted_copies, np.random.default_rng(7))
     sim_vols, _ = simulated_volumes(sim_dir)

@@ -27,6 +27,7 @@ from scipy import ndimage as ndi
 
 from harmonize_bids.diffusion.schedule import SamplerSettings
 from harmonize_bids.site_intensity import SCHEMES
+from harmonize_bids.utils.cpu import configure_cpu
 
 
 def resolve_device(device: str) -> str:
@@ -53,8 +54,6 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
                         num_threads: int = 1, match_intensities: str = "none",
                         log=print) -> dict[str, Any]:
     """Harmonize a template-space brain; write ``out_file``; return sidecar metadata."""
-    import torch
-
     from harmonize_bids.diffusion.checkpoint import file_sha256, load_model
     from harmonize_bids.diffusion.volume import batch_size_for, harmonize_volume
     from harmonize_bids.site_intensity import match_landmarks, target_landmarks
@@ -62,7 +61,7 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
     if match_intensities not in ("none", *SCHEMES):
         raise ValueError(f"match_intensities must be 'none' or one of {sorted(SCHEMES)}, "
                          f"got {match_intensities!r}")
-    torch.set_num_threads(max(1, int(num_threads)))
+    configure_cpu(num_threads)
     device = resolve_device(device)
     model, _card = load_model(model_file, device=device)
     site = model.config.site_index(target_site)

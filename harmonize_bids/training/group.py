@@ -23,6 +23,7 @@ from scipy import ndimage as ndi
 from harmonize_bids import __version__
 from harmonize_bids.derivatives import derivative_path
 from harmonize_bids.exceptions import InputError
+from harmonize_bids.utils.cpu import configure_cpu
 from harmonize_bids.utils.bids import T1wRecord
 
 
@@ -127,7 +128,7 @@ def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path
         use_bf16,
     )
 
-    torch.set_num_threads(max(1, options.num_threads))
+    configure_cpu(options.num_threads)
     torch.manual_seed(options.seed)
     volumes, masks, used = load_training_volumes(records, output_dir, options.voxel_mm)
     sites = tuple(sorted({next(iter(v)) for v in volumes.values()}))
