@@ -9,7 +9,6 @@ from pathlib import Path
 
 import nibabel as nb
 import numpy as np
-import pytest
 
 from harmonize_bids.cli.run import main
 

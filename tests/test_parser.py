@@ -7,7 +7,7 @@ import pytest
 
 from harmonize_bids.cli.parser import _build_parser, parse_args
 from harmonize_bids.cli.run import main
-from harmonize_bids.exceptions import InputError, UsageError
+from harmonize_bids.exceptions import UsageError
 
 
 def test_help_lists_every_option(capsys):
