@@ -171,8 +171,7 @@ def main() -> None:
     first, last = card["losses"]["first200_diffusion"], card["losses"]["last200_diffusion"]
 
     # ---- harmonize the held-out set with the model and with histogram matching
-    from harmonize_bids.utils.cpu import configure_cpu
-    configure_cpu(2)
+    torch.set_num_threads(2)  # the allocator was tuned by configure_cpu above
     images = read_simulated_dataset(test_ds)
     test_vols, test_masks = ras_volumes(test_ds)
     anats = sorted(test_vols)

@@ -23,8 +23,8 @@ from scipy import ndimage as ndi
 from harmonize_bids import __version__
 from harmonize_bids.derivatives import derivative_path
 from harmonize_bids.exceptions import InputError
-from harmonize_bids.utils.cpu import configure_cpu
 from harmonize_bids.utils.bids import T1wRecord
+from harmonize_bids.utils.cpu import configure_cpu
 
 
 @dataclass(frozen=True)
