@@ -13,6 +13,11 @@ For every method folder that ``quality_vs_peers.py`` left in ``--out-dir``
 :func:`harmonize_bids.metrics.tissue_segmentation` inside the truth's brain mask,
 then two summaries over sources: the spread (sd of the per-source means; what a
 site classifier can use) and the mean absolute bias.  Lower is better for both.
+The last column asks whether those three numbers alone identify the source: the
+accuracy of :func:`harmonize_bids.metrics.site_classifier` on each output's
+fractions (repeated stratified splits, as
+:func:`harmonize_bids.metrics.site_predictability` does with the histogram); near
+chance means the tissue boundaries carry no site.
 
     python benchmarks/tissue_fraction_bias.py --out-dir /tmp/hb_quality \\
         --targets siemens3tmprage --results benchmarks/results/tissue_fraction_bias.md
@@ -43,14 +48,37 @@ def fractions(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.array([(classes == k).mean() for k in (1, 2, 3)])
 
 
-def bias_by_source(pairs: list[tuple]) -> dict[str, np.ndarray]:
-    """source site -> mean (output - truth) fractions over its anatomies."""
-    per_source: dict[str, list] = {}
+def fraction_rows(pairs: list[tuple]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(source site, output fractions, truth fractions) for every output."""
+    rows = []
     for img, path, truth in pairs:
         mask = load(truth.brain_mask) > 0
-        per_source.setdefault(img.site, []).append(
-            fractions(load(path), mask) - fractions(load(truth.t1w), mask))
-    return {site: np.mean(rows, axis=0) for site, rows in sorted(per_source.items())}
+        rows.append((img.site, fractions(load(path), mask), fractions(load(truth.t1w), mask)))
+    return rows
+
+
+def bias_by_source(rows: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """source site -> mean (output - truth) fractions over its anatomies."""
+    per_source: dict[str, list] = {}
+    for site, out, truth in rows:
+        per_source.setdefault(site, []).append(out - truth)
+    return {site: np.mean(diffs, axis=0) for site, diffs in sorted(per_source.items())}
+
+
+def fraction_site_accuracy(rows: list[tuple[str, np.ndarray, np.ndarray]],
+                           n_repeats: int = 20) -> tuple[float, float]:
+    """(mean, sd) accuracy of telling the source site from the output's fractions alone."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    from harmonize_bids import metrics
+
+    sites = np.array([site for site, _, _ in rows])
+    features = np.array([out for _, out, _ in rows])
+    folds = int(min(5, np.unique(sites, return_counts=True)[1].min()))
+    accs = [np.mean(cross_val_score(metrics.site_classifier(), features, sites,
+                                    cv=StratifiedKFold(folds, shuffle=True, random_state=r)))
+            for r in range(n_repeats)]
+    return float(np.mean(accs)), float(np.std(accs))
 
 
 def summarize(bias: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -80,16 +108,21 @@ def main() -> None:
              "the truth's brain mask (metrics.tissue_segmentation on both); spread = sd of "
              "the per-source means, |bias| = their mean absolute value", ""]
     for target in args.targets:
-        bias = {m: bias_by_source(sent_pairs(args.out_dir, m, target)) for m in methods}
+        rows = {m: fraction_rows(sent_pairs(args.out_dir, m, target)) for m in methods}
+        bias = {m: bias_by_source(r) for m, r in rows.items()}
         sources = sorted({s for b in bias.values() for s in b})
         lines += [f"## → {target}", "",
-                  "| method | " + " | ".join(sources) + " | spread WM | spread GM | |bias| WM |",
-                  "|---|" + "---|" * (len(sources) + 3)]
+                  "| method | " + " | ".join(sources)
+                  + " | spread WM | spread GM | |bias| WM | site acc. from fractions "
+                  f"(chance {1 / len(sources):.2f}) |",
+                  "|---|" + "---|" * (len(sources) + 4)]
         for method, b in bias.items():
             spread, size = summarize(b)
+            acc, acc_sd = fraction_site_accuracy(rows[method])
             cells = [" / ".join(f"{v:+.3f}" for v in b[s]) if s in b else "—" for s in sources]
             lines.append(f"| {method} | " + " | ".join(cells)
-                         + f" | {spread[2]:.3f} | {spread[1]:.3f} | {size[2]:.3f} |")
+                         + f" | {spread[2]:.3f} | {spread[1]:.3f} | {size[2]:.3f} "
+                         f"| {acc:.2f} ± {acc_sd:.2f} |")
         lines.append("")
     text = "\n".join(lines)
     print(text)
