@@ -48,12 +48,19 @@ def fractions(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.array([(classes == k).mean() for k in (1, 2, 3)])
 
 
-def fraction_rows(pairs: list[tuple]) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(source site, output fractions, truth fractions) for every output."""
+def fraction_rows(pairs: list[tuple], truth_fractions: dict[Path, np.ndarray]
+                  ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(source site, output fractions, truth fractions) for every output.
+
+    ``truth_fractions`` caches each truth's fractions by path: every method of a
+    target is scored against the same truths, so each is segmented once.
+    """
     rows = []
     for img, path, truth in pairs:
         mask = load(truth.brain_mask) > 0
-        rows.append((img.site, fractions(load(path), mask), fractions(load(truth.t1w), mask)))
+        if truth.t1w not in truth_fractions:
+            truth_fractions[truth.t1w] = fractions(load(truth.t1w), mask)
+        rows.append((img.site, fractions(load(path), mask), truth_fractions[truth.t1w]))
     return rows
 
 
@@ -68,17 +75,10 @@ def bias_by_source(rows: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, 
 def fraction_site_accuracy(rows: list[tuple[str, np.ndarray, np.ndarray]],
                            n_repeats: int = 20) -> tuple[float, float]:
     """(mean, sd) accuracy of telling the source site from the output's fractions alone."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-
     from harmonize_bids import metrics
 
-    sites = np.array([site for site, _, _ in rows])
-    features = np.array([out for _, out, _ in rows])
-    folds = int(min(5, np.unique(sites, return_counts=True)[1].min()))
-    accs = [np.mean(cross_val_score(metrics.site_classifier(), features, sites,
-                                    cv=StratifiedKFold(folds, shuffle=True, random_state=r)))
-            for r in range(n_repeats)]
-    return float(np.mean(accs)), float(np.std(accs))
+    return metrics.repeated_site_accuracy([out for _, out, _ in rows],
+                                          [site for site, _, _ in rows], n_repeats=n_repeats)
 
 
 def summarize(bias: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +108,9 @@ def main() -> None:
              "the truth's brain mask (metrics.tissue_segmentation on both); spread = sd of "
              "the per-source means, |bias| = their mean absolute value", ""]
     for target in args.targets:
-        rows = {m: fraction_rows(sent_pairs(args.out_dir, m, target)) for m in methods}
+        truth_fractions: dict[Path, np.ndarray] = {}
+        rows = {m: fraction_rows(sent_pairs(args.out_dir, m, target), truth_fractions)
+                for m in methods}
         bias = {m: bias_by_source(r) for m, r in rows.items()}
         sources = sorted({s for b in bias.values() for s in b})
         lines += [f"## → {target}", "",

@@ -508,6 +508,35 @@ def site_classifier():
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
 
 
+def repeated_site_accuracy(
+    features: ArrayLike,
+    sites: Sequence[Any],
+    n_splits: int = 5,
+    random_state: int = 0,
+    n_repeats: int = 10,
+) -> tuple[float, float]:
+    """(mean, sd) over ``n_repeats`` of the cross-validated accuracy of
+    :func:`site_classifier` telling ``sites`` from ``features`` (one row per image).
+
+    Each repeat is ``StratifiedKFold(n_splits=min(n_splits, smallest site count),
+    shuffle=True, random_state=random_state + r)``; :func:`site_predictability`
+    scores its histograms with it, and benchmarks can score other features (e.g.
+    tissue fractions) the same way.  Needs every site at least twice.
+    """
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    labels = np.asarray(sites)
+    folds = int(min(n_splits, np.unique(labels, return_counts=True)[1].min()))
+    repeats = [
+        float(np.mean(cross_val_score(
+            site_classifier(), np.asarray(features, dtype=np.float64), labels,
+            scoring="accuracy",
+            cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=int(random_state) + r))))
+        for r in range(int(n_repeats))
+    ]
+    return float(np.mean(repeats)), float(np.std(repeats))
+
+
 def site_predictability(
     images: Sequence[ArrayLike],
     masks: Sequence[ArrayLike],
@@ -540,8 +569,6 @@ def site_predictability(
     ValueError
         Mismatched lengths, fewer than 2 sites, or a site with fewer than 2 images.
     """
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-
     n = len(images)
     if len(masks) != n or len(sites) != n:
         raise ValueError(
@@ -562,16 +589,11 @@ def site_predictability(
         raise ValueError(f"every site needs at least 2 images; too few for: {small}")
 
     features = _histogram_features(images, masks, int(n_bins))
-    folds = int(min(n_splits, counts.min()))
-    repeats = [
-        float(np.mean(cross_val_score(
-            site_classifier(), features, labels, scoring="accuracy",
-            cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=int(random_state) + r))))
-        for r in range(int(n_repeats))
-    ]
+    accuracy, accuracy_sd = repeated_site_accuracy(features, labels, n_splits, random_state,
+                                                   n_repeats)
     return {
-        "accuracy": float(np.mean(repeats)),
-        "accuracy_sd": float(np.std(repeats)),
+        "accuracy": accuracy,
+        "accuracy_sd": accuracy_sd,
         "chance": 1.0 / uniq.size,
         "n_images": n,
         "n_sites": int(uniq.size),

@@ -356,6 +356,17 @@ def test_site_predictability_averages_repeated_splits():
         M.site_predictability(images, masks, sites, n_repeats=0)
 
 
+def test_repeated_site_accuracy_on_any_features():
+    """Separable features are told apart in every split; shuffled labels are not."""
+    rng = np.random.default_rng(4)
+    sites = ["A"] * 8 + ["B"] * 8 + ["C"] * 8
+    features = np.repeat(np.eye(3), 8, axis=0) + rng.normal(0, 0.05, (24, 3))
+    assert M.repeated_site_accuracy(features, sites, n_repeats=3) == (1.0, 0.0)
+    noise = rng.normal(size=(24, 3))
+    accuracy, sd = M.repeated_site_accuracy(noise, sites, n_repeats=5)
+    assert accuracy < 0.6 and sd >= 0.0
+
+
 def test_site_predictability_bad_inputs():
     rng = np.random.default_rng(0)
     images, masks = _site_images(rng, 4)
