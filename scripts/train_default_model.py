@@ -359,6 +359,17 @@ def main() -> None:
     save_state(loop, state)
     (run_dir / "training_time.json").write_text(json.dumps({"seconds": trained_s}))
     hist = loop.history
+    held_out = {"held_out_label_maps": [p.name for p in labels[args.n_labels:]],
+                "held_out_ixi_participants": [s for s, _ in subjects[args.n_ixi:]]}
+    if init:  # the earlier weights saw what their card does not hold out
+        from harmonize_bids.training.warm_start import still_unseen
+
+        earlier_data = earlier_card.get("training_data", {})
+        held_out = {"held_out_label_maps": still_unseen(
+                        earlier_data.get("held_out_label_maps"),
+                        [p.name for p in train_labels]),
+                    "held_out_ixi_participants": still_unseen(
+                        earlier_data.get("held_out_ixi_participants"), train_ixi)}
     card = {
         "name": "harmonize_bids default model",
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -377,8 +388,7 @@ def main() -> None:
             "simulated_label_maps": [p.name for p in train_labels],
             "simulated_anatomies": len(sim_vols),
             "random_source_protocols": [r.name for r in randoms],
-            "held_out_label_maps": [p.name for p in labels[args.n_labels:]],
-            "held_out_ixi_participants": [s for s, _ in subjects[args.n_ixi:]]},
+            **held_out},
         "licences": {
             "IXI": "Trained in part on IXI data (brain-development.org), CC BY-SA 3.0: "
                    "acknowledge the IXI dataset when redistributing these weights.",

@@ -449,6 +449,17 @@ def test_warm_start_widens_the_input_and_keeps_the_function():
         warm_start(new, {k: v for k, v in old.state_dict().items() if "site" not in k})
 
 
+def test_a_fine_tune_holds_out_only_what_the_earlier_model_never_saw():
+    from harmonize_bids.training.warm_start import still_unseen
+
+    earlier = ["IXI146", "IXI148", "IXI150", "IXI159"]
+    assert still_unseen(earlier, ["IXI014", "IXI015"]) == earlier
+    assert still_unseen(earlier, ["IXI148", "IXI014"]) == ["IXI146", "IXI150", "IXI159"]
+    # an earlier model that holds nothing out leaves nothing held out
+    assert still_unseen([], ["IXI014"]) == []
+    assert still_unseen(None, []) == []
+
+
 def test_thick_slice_blur_smooths_one_axis_and_keeps_the_stack_shape():
     from harmonize_bids.training.data import PairedSlices, thick_slice_blur
 

@@ -10,7 +10,7 @@ Diffusion's first layer).
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -52,3 +52,15 @@ def warm_start(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> list[st
             widened.append(name)
     model.load_state_dict(own)
     return widened
+
+
+def still_unseen(earlier_held_out: Iterable[str] | None, trained_on: Iterable[str]) -> list[str]:
+    """What a fine-tuned model has never trained on: ``earlier_held_out`` minus ``trained_on``.
+
+    A model warm-started from earlier weights has seen everything the earlier model
+    saw, so only what the earlier model held out can still be held out, and only if
+    the fine-tune did not train on it either.  ``None`` (an earlier model that lists
+    nothing) gives ``[]``: nothing can be vouched for.
+    """
+    used = set(trained_on)
+    return [name for name in (earlier_held_out or []) if name not in used]
