@@ -295,7 +295,7 @@ def main() -> None:
     import torch
 
     from harmonize_bids import __version__
-    from harmonize_bids.diffusion.checkpoint import save_model
+    from harmonize_bids.diffusion.checkpoint import file_sha256, save_model
     from harmonize_bids.diffusion.model import HarmonizationModel, ModelConfig
     from harmonize_bids.interfaces.harmonize import resolve_device
     from harmonize_bids.training.data import PairedSlices, add_shifted_copies
@@ -320,7 +320,7 @@ def main() -> None:
     model = HarmonizationModel(config)
     init = None
     if args.init_from:
-        from harmonize_bids.diffusion.checkpoint import file_sha256, load_model
+        from harmonize_bids.diffusion.checkpoint import load_model
         from harmonize_bids.training.warm_start import warm_start
 
         earlier, earlier_card = load_model(args.init_from)
@@ -329,8 +329,11 @@ def main() -> None:
             raise SystemExit(f"{args.init_from}: another network or site list; cannot start "
                              "from it")
         widened = warm_start(model, earlier.state_dict())
+        earlier_training = earlier_card.get("training", {})
         init = {"file": args.init_from.name, "sha256": file_sha256(args.init_from),
-                "steps": earlier_card.get("training", {}).get("steps"),
+                "steps": earlier_training.get("steps"),
+                "total_steps": earlier_training.get("total_steps_including_initialization",
+                                                    earlier_training.get("steps")),
                 "widened": widened}
         log(f"starting from {args.init_from} ({init['steps']} steps); widened {widened}")
     data = PairedSlices(volumes, list(MODEL_SITES), context_slices=config.context_slices,
@@ -403,7 +406,12 @@ def main() -> None:
                                              f"residual bias up to {data.residual_bias}",
                      "source_input": config.source_input,
                      "thick_slice_blur": data.slice_blur,
-                     **({"initialized_from": init} if init else {}),
+                     **({"initialized_from": init,
+                         "total_steps_including_initialization":
+                             (init["total_steps"] or 0) + loop.step} if init else {}),
+                     **({"site_landmarks": f"from {args.landmarks_from.name} (sha256 "
+                                           f"{file_sha256(args.landmarks_from)[:12]})"}
+                        if args.landmarks_from else {}),
                      "preprocessing_minutes": round(t_ixi / 60, 1),
                      "simulation_minutes": round(t_sim / 60, 1)},
         "losses": {"first_200": float(np.mean([h["diffusion"] for h in hist[:200]])),
