@@ -492,3 +492,35 @@ def test_thick_slice_blur_smooths_one_axis_and_keeps_the_stack_shape():
         site = ["s", "t"][int(batch.target_site[i])]
         assert any(np.allclose(batch.target[i, 0].numpy(), vols["a"][site][x:x + 8, y:y + 8, z])
                    for x in range(13) for y in range(13) for z in range(1, 11))
+
+
+def test_bundle_model_keeps_the_tensors_and_records_what_it_replaced(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from harmonize_bids.diffusion.checkpoint import file_sha256
+
+    spec = importlib.util.spec_from_file_location(
+        "bundle_model", Path(__file__).resolve().parents[1] / "scripts" / "bundle_model.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    old, new = tiny_model(), tiny_model()
+    with torch.no_grad():
+        for p in new.parameters():
+            p.add_(0.01)
+    dest = save_model(old, tmp_path / "bundled.safetensors", card={"name": "old"})
+    old_sha = file_sha256(dest)
+    trained = save_model(new, tmp_path / "trained.safetensors", card={"name": "new"})
+    bare = save_model(new, tmp_path / "bare.safetensors")
+    bare.with_suffix(".json").unlink()
+    with pytest.raises(SystemExit, match="no model card"):
+        script.bundle(bare, "undocumented", dest)
+    assert file_sha256(dest) == old_sha  # nothing half-written
+    script.bundle(trained, "fewer leaks", dest)
+    model, card = load_model(dest)
+    for a, b in zip(model.state_dict().values(), new.state_dict().values()):
+        assert torch.equal(a, b)
+    assert card["name"] == "new" and card["bundled"]["note"] == "fewer leaks"
+    assert card["bundled"]["from"]["sha256"] == file_sha256(trained)
+    assert card["bundled"]["replaces"]["sha256"] == old_sha
+    assert card["weights"] == dest.name and card["sha256"] == file_sha256(dest)
