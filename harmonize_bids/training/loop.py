@@ -93,7 +93,8 @@ def training_losses(model: HarmonizationModel, schedule: NoiseSchedule, batch: B
                     t: torch.Tensor, noise: torch.Tensor, config: TrainConfig,
                     generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """All loss terms for one batch (see module docstring)."""
-    ab = torch.as_tensor(schedule.alphas_cumprod, dtype=torch.float32)[t][:, None, None, None]
+    ab = torch.as_tensor(schedule.alphas_cumprod, dtype=torch.float32,
+                         device=t.device)[t][:, None, None, None]
     cond = model.encode(batch.source, generator)
     x_t = NoiseSchedule.q_sample(batch.target, noise, ab)
     out = model(x_t, t, batch.target_site, cond, batch.source)
