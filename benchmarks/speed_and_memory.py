@@ -133,6 +133,9 @@ def main() -> None:
     parser.add_argument("--grids-mm", type=float, nargs="+", default=[2.0, 1.5, 1.0],
                         help="grid spacings of section D")
     parser.add_argument("--sections", nargs="+", choices=list("ABCD"), default=list("ABCD"))
+    parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], default=None,
+                        help="devices for sections A and D (default: cpu, and cuda when "
+                        "present)")
     parser.add_argument("--no-malloc-tuning", action="store_true",
                         help="measure with glibc's default allocator settings (sets "
                              "HARMONIZE_BIDS_NO_MALLOC_TUNING for every child)")
@@ -145,7 +148,9 @@ def main() -> None:
     if args.no_malloc_tuning:
         os.environ[OPT_OUT] = "1"  # the children inherit it
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if "cuda" in devices and not torch.cuda.is_available():
+        parser.error("--devices cuda: torch sees no CUDA device")
     lines = ["# Speed and memory", "",
              f"- command: `python benchmarks/speed_and_memory.py {' '.join(sys.argv[1:])}`",
              f"- date: {datetime.date.today()}; {platform.machine()}, {os.cpu_count()} CPUs, "
@@ -217,9 +222,12 @@ def section_d(args: argparse.Namespace, devices: list[str], steps: int = 5) -> l
 
 def section_c(args: argparse.Namespace) -> list[str]:
     """Participant level for growing numbers of subjects."""
+    import torch
+
     lines = ["", "## C. Participant level (preprocessing + harmonization S=10, `--nprocs 2`)",
               "", "Simulated 2 mm heads (demo anatomy and deformed variants, protocol "
-              "ge15tspgr), harmonized to siemens3tmprage.", "",
+              "ge15tspgr), harmonized to siemens3tmprage with `--device auto` (here: "
+              f"{'cuda' if torch.cuda.is_available() else 'cpu'}).", "",
               "| subjects | --mem-mb | wall (s) | s / subject | peak RSS of one process (MB) |",
               "|---|---|---|---|---|"]
     from harmonize_bids.simulate.dataset import make_traveling_dataset

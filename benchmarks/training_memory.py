@@ -26,7 +26,7 @@ import json, resource, sys, time, torch
 from harmonize_bids.diffusion.checkpoint import bundled_model, load_model
 from harmonize_bids.diffusion.model import HarmonizationModel
 from harmonize_bids.training.data import Batch
-from harmonize_bids.training.loop import TrainConfig, TrainLoop
+from harmonize_bids.training.loop import TrainConfig, TrainLoop, use_bf16
 patch, batch, ckpt, threads, steps, warmup, device = (int(sys.argv[1]), int(sys.argv[2]),
     sys.argv[3] == "1", int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7])
 from harmonize_bids.utils.cpu import configure_cpu
@@ -40,7 +40,7 @@ def sample(rng):
                  torch.rand(batch, 1, patch, patch, generator=g),
                  torch.randint(0, len(model.config.sites), (batch,), generator=g),
                  torch.randint(0, len(model.config.sites), (batch,), generator=g))
-loop = TrainLoop(model, sample, TrainConfig(gradient_checkpointing=ckpt, bf16=device == "cpu"),
+loop = TrainLoop(model, sample, TrainConfig(gradient_checkpointing=ckpt, bf16=use_bf16(device)),
                  device=device)
 if steps:
     loop.run(warmup)
@@ -80,6 +80,8 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    from harmonize_bids.training.loop import use_bf16
+
     rows = []
     for spec in args.configs:
         patch, batch = (int(v) for v in spec.split("x"))
@@ -95,7 +97,7 @@ def main() -> None:
         f"- command: `python benchmarks/training_memory.py {' '.join(sys.argv[1:])}`".rstrip(),
         f"- date: {datetime.date.today()}; {platform.machine()}, {os.cpu_count()} CPUs, "
         f"{args.threads} torch threads, torch {torch.__version__}, device {args.device}"
-        + ("; bf16 autocast" if args.device == "cpu" else ""),
+        + f"; bf16 autocast {'on' if use_bf16(args.device) else 'off'} (`use_bf16`)",
         "- model: the bundled model's architecture; random data; "
         f"{args.warmup} warm-up + {args.steps} timed steps per row",
         "- memory: peak RSS of the training process minus that of a process that built the "
