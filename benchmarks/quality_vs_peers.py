@@ -28,7 +28,8 @@ target site's landmarks stored in the model (``+ tissue match``: the tissue medi
 the within-tissue quartiles, deciles, 5 % quantiles, when the model stores them; what
 ``--match-intensities medians|quartiles|deciles|vigintiles`` writes).
 
-    python benchmarks/quality_vs_peers.py --steps 10 --stop-at 0 0.3 --out-dir /tmp/hb_quality
+    python benchmarks/quality_vs_peers.py --steps 10 --stop-at 0 0.3 --out-dir /tmp/hb_quality \
+        --results benchmarks/results/quality_vs_peers.md
 """
 from __future__ import annotations
 
@@ -385,8 +386,9 @@ def main() -> None:
                              "run's peer folders)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/hb_quality"))
-    parser.add_argument("--results", type=Path,
-                        default=Path(__file__).parent / "results" / "quality_vs_peers.md")
+    parser.add_argument("--results", type=Path, required=True,
+                        help="markdown file to write (required: a default silently "
+                        "overwrote the headline benchmarks/results/quality_vs_peers.md)")
     args = parser.parse_args()
     configure_cpu(args.threads)
     model_file = args.model or bundled_model()
