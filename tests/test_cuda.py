@@ -20,7 +20,7 @@ from harmonize_bids.diffusion.volume import harmonize_volume
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
-def demo_brain(shape_mm: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+def demo_brain(spacing_mm: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     """The demo anatomy rendered as ge15tspgr and brain-normalized, with its mask."""
     from scipy import ndimage as ndi
 
@@ -33,7 +33,7 @@ def demo_brain(shape_mm: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     anat = load_anatomy(get_template("demo_anatomy"))
     rng = np.random.default_rng(0)
     protocol = PROTOCOLS["ge15tspgr"]
-    img = acquire(render_clean(anat, protocol, rng, spacing_mm=shape_mm), protocol, rng)
+    img = acquire(render_clean(anat, protocol, rng, spacing_mm=spacing_mm), protocol, rng)
     mask = ndi.zoom(is_brain_label(anat.labels).astype(np.float32),
                     np.array(img.shape) / np.array(anat.labels.shape), order=1) > 0.5
     return normalize_brain(img, mask), mask
