@@ -15,6 +15,9 @@
 # beside training: debootstrap 16.5 min, build 93 min, the rest 2.2 min.  Image: 2.1 GB.
 # Rebuilt at 9f949ef (2026-12-03) with the base and dependency layers cached: 421 s
 # in all (build 191 s, participant job in the container 217 s).
+# Session 16 at b9bfc69 (the new bundled model), on a freshly reset machine with
+# podman etc. just apt-installed, nothing cached: 321 s in all (debootstrap 36 s,
+# build 194 s, participant job 85 s).
 # Not part of .ci/run (CI's 2 cores are better spent on the test suite); CircleCI
 # builds and runs the image with Docker on every push.
 set -euo pipefail
