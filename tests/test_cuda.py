@@ -22,21 +22,16 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 
 def demo_brain(spacing_mm: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     """The demo anatomy rendered as ge15tspgr and brain-normalized, with its mask."""
-    from scipy import ndimage as ndi
-
     from harmonize_bids.simulate.protocols import PROTOCOLS
-    from harmonize_bids.simulate.render import acquire, load_anatomy, render_clean
-    from harmonize_bids.simulate.tissues import is_brain_label
+    from harmonize_bids.simulate.render import load_anatomy, render
     from harmonize_bids.templates import get_template
     from harmonize_bids.training.data import normalize_brain
 
     anat = load_anatomy(get_template("demo_anatomy"))
-    rng = np.random.default_rng(0)
-    protocol = PROTOCOLS["ge15tspgr"]
-    img = acquire(render_clean(anat, protocol, rng, spacing_mm=spacing_mm), protocol, rng)
-    mask = ndi.zoom(is_brain_label(anat.labels).astype(np.float32),
-                    np.array(img.shape) / np.array(anat.labels.shape), order=1) > 0.5
-    return normalize_brain(img, mask), mask
+    img, mask, _ = render(anat, PROTOCOLS["ge15tspgr"], np.random.default_rng(0),
+                          spacing_mm=spacing_mm)
+    mask = np.asarray(mask.dataobj) > 0
+    return normalize_brain(np.asarray(img.dataobj, np.float32), mask), mask
 
 
 def test_bundled_model_on_cuda_is_reproducible_and_agrees_with_the_cpu():
