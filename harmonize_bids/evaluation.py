@@ -3,8 +3,9 @@
 For an image of anatomy *a* from site *s* harmonized to site *t*, the truth
 is the image of *a* acquired at *t* (same voxel grid by construction of
 :mod:`harmonize_bids.simulate.dataset`), compared inside the true brain mask
-with :func:`harmonize_bids.metrics.compare`; ``flicker`` measures how
-consistent the change is between slices.  Beside every score stands the
+with :func:`harmonize_bids.metrics.compare`; ``flicker`` and ``slice_jumps``
+measure how consistent the change is between slices (voxel to voxel, and in
+each slice's overall level).  Beside every score stands the
 **ceiling**: a rescan at the target site (same acquisition, new noise)
 compared with the scan.  ``site_predictability`` asks how well the *source*
 site can still be told from the images sent to one target (chance = 1/sites).
@@ -28,7 +29,8 @@ from harmonize_bids import metrics
 from harmonize_bids.derivatives import derivative_path, sidecar_path
 from harmonize_bids.simulate.dataset import TRUTH_NAME
 
-METRIC_COLUMNS = ("ssim", "psnr", "mae", "correlation", "wasserstein", "tissue_dice", "flicker")
+METRIC_COLUMNS = ("ssim", "psnr", "mae", "correlation", "wasserstein", "tissue_dice", "flicker",
+                  "slice_jumps")
 
 
 @dataclass(frozen=True)
@@ -152,8 +154,10 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
         mask = _load(truth.brain_mask) > 0
         harmonized = _load(path)
         row = metrics.compare(harmonized, _load(truth.t1w), mask, _load(truth.dseg))
-        row["flicker"] = metrics.flicker(_load(src.t1w), harmonized, mask) \
-            if path != src.t1w else 0.0
+        unchanged = path == src.t1w
+        row["flicker"] = 0.0 if unchanged else metrics.flicker(_load(src.t1w), harmonized, mask)
+        row["slice_jumps"] = 0.0 if unchanged else \
+            metrics.slice_jumps(_load(src.t1w), harmonized, mask)
         scores[(src.site, target)].append(row)
         sent[target].append((harmonized, mask, src.site))
         progress(f"[{k + 1}/{len(jobs)}] {src.participant} ({src.site}) -> {target}")
@@ -199,8 +203,9 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
 def format_table(result: dict, method: str) -> str:
     """Markdown table: one row per (source -> target), with the target's rescan ceiling."""
     head = ("| method | source → target | n | SSIM | PSNR (dB) | MAE | corr | W1 | tissue Dice "
-            "| flicker | site pred. ± sd (chance) | rescan SSIM / PSNR / Dice |")
-    lines = [head, "|" + "---|" * 12]
+            "| flicker | slice jumps (%) | site pred. ± sd (chance) "
+            "| rescan SSIM / PSNR / Dice |")
+    lines = [head, "|" + "---|" * 13]
     for (src, tgt), row in sorted(result["pairs"].items()):
         ceil = result["ceiling"].get(tgt)
         ceil_txt = (f"{ceil['ssim']:.3f} / {ceil['psnr']:.1f} / {ceil['tissue_dice']:.3f}"
@@ -212,5 +217,5 @@ def format_table(result: dict, method: str) -> str:
             f"| {method} | {src} → {tgt} | {result['n'][(src, tgt)]} | {row['ssim']:.3f} | "
             f"{row['psnr']:.1f} | {row['mae']:.4f} | {row['correlation']:.3f} | "
             f"{row['wasserstein']:.4f} | {row['tissue_dice']:.3f} | {row['flicker']:.2f} | "
-            f"{pred_txt} | {ceil_txt} |")
+            f"{100 * row.get('slice_jumps', float('nan')):.2f} | {pred_txt} | {ceil_txt} |")
     return "\n".join(lines)

@@ -9,7 +9,7 @@ Normalization
 -------------
 Every comparison metric (:func:`mae`, :func:`psnr`, :func:`correlation`,
 :func:`ssim3d`, :func:`intensity_wasserstein`, :func:`flicker`,
-:func:`compare`) first applies **the same** robust normalization to each image,
+:func:`slice_jumps`, :func:`compare`) first applies **the same** robust normalization to each image,
 :func:`robust_normalize`::
 
     x' = (x - p_1) / (p_99 - p_1)      inside the mask,   x' = 0 outside,
@@ -48,6 +48,7 @@ __all__ = [
     "tissue_segmentation",
     "tissue_dice",
     "flicker",
+    "slice_jumps",
     "site_predictability",
     "compare",
 ]
@@ -480,6 +481,46 @@ def flicker(
     if within == 0.0:
         return math.inf
     return float(across / within)
+
+
+def slice_jumps(
+    source: ArrayLike,
+    harmonized: ArrayLike,
+    mask: ArrayLike,
+    axis: int = 2,
+    normalize: bool = True,
+) -> float:
+    """Slice-to-slice jumps in the overall level of the change made by harmonization.
+
+    With the change ``D = normalize(harmonized) - normalize(source)``, ``d_z`` its
+    mean over the in-mask voxels of slice ``z`` (along ``axis``) and ``n_z`` their
+    number::
+
+        slice_jumps = sqrt( sum_z w_z (d_{z+1} - d_z)^2 / sum_z w_z ),   w_z = min(n_z, n_{z+1}),
+
+    over consecutive slices that both hold mask voxels, in units of the
+    normalized intensity range.  0 for an unchanged image or any change whose
+    level is the same in every slice; a slice-wise model whose slices each find
+    their own brightness scores high even when :func:`flicker`, which looks at
+    voxel-to-voxel differences, does not notice.
+
+    >>> src = np.ones((4, 4, 4)); m = np.ones_like(src, bool)
+    >>> h = src + np.array([0.0, 0.1, 0.0, 0.1])    # every other slice brighter
+    >>> round(slice_jumps(src, h, m, normalize=False), 6)
+    0.1
+    """
+    xs, xh, m = _prepare_pair(source, harmonized, mask, normalize)
+    if xs.ndim != 3:
+        raise ValueError(f"slice_jumps needs 3D images, got {xs.ndim}D")
+    if not -3 <= axis < 3:
+        raise ValueError(f"axis must be in [-3, 2], got {axis}")
+    others = tuple(j for j in range(3) if j != axis % 3)
+    count = m.sum(axis=others).astype(np.float64)
+    level = np.where(m, xh - xs, 0.0).sum(axis=others) / np.maximum(count, 1)
+    weight = np.minimum(count[:-1], count[1:])
+    if not weight.any():
+        raise ValueError(f"no two neighbouring slices along axis {axis} hold mask voxels")
+    return float(np.sqrt(np.sum(weight * np.diff(level) ** 2) / weight.sum()))
 
 
 # --------------------------------------------------------------------------- #

@@ -310,6 +310,29 @@ def test_flicker_zero_change_and_bad_inputs():
         M.flicker(source, source, mask, axis=3)
 
 
+def test_slice_jumps_see_level_offsets_that_flicker_misses():
+    """Small per-slice offsets on top of voxel noise: flicker stays near 1 (the noise
+    dominates voxel differences), slice_jumps reports the offsets' size."""
+    rng = np.random.default_rng(0)
+    source = _smooth_image(rng)
+    mask = _ball_mask()
+    noisy = source + 0.5 * rng.standard_normal(SHAPE)
+    offsets = rng.normal(0.0, 0.3, SHAPE[2])[None, None, :]
+    jumpy = noisy + offsets
+    assert M.flicker(source, jumpy, mask) < 1.2 * M.flicker(source, noisy, mask)
+    calm = M.slice_jumps(source, noisy, mask, normalize=False)
+    jumps = M.slice_jumps(source, jumpy, mask, normalize=False)
+    inside = mask.any(axis=(0, 1))
+    expected = np.sqrt(np.mean(np.diff(offsets[0, 0, inside]) ** 2))
+    assert jumps > 3 * calm
+    assert abs(jumps - expected) < 0.25 * expected
+    # a change with the same level in every slice, or none at all, has no jumps
+    assert M.slice_jumps(source, source + 0.7, mask, normalize=False) == pytest.approx(0.0)
+    assert M.slice_jumps(source, source.copy(), mask) == 0.0
+    with pytest.raises(ValueError):
+        M.slice_jumps(source[0], source[0], mask[0])
+
+
 # --------------------------------------------------------------------------- #
 # site predictability
 # --------------------------------------------------------------------------- #
