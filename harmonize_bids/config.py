@@ -48,6 +48,7 @@ class Settings:
     stop_at: float = SamplerSettings.stop
     samples: int = SamplerSettings.samples
     match_intensities: str = "auto"  # 'auto', 'none' or a site_intensity.SCHEMES name
+    level_slices: bool = True
     train_steps: int = 2000
     batch_size: int = 12
     patch_size: int = 64

@@ -524,3 +524,23 @@ def test_bundle_model_keeps_the_tensors_and_records_what_it_replaced(tmp_path):
     assert card["bundled"]["from"]["sha256"] == file_sha256(trained)
     assert card["bundled"]["replaces"]["sha256"] == old_sha
     assert card["weights"] == dest.name and card["sha256"] == file_sha256(dest)
+
+
+def test_harmonize_volume_levels_its_slices_unless_told_not_to():
+    """The volume's slices come from separate chains; by default their level jumps are
+    removed against the source (postprocess.level_slices), and that is all that differs."""
+    from harmonize_bids.diffusion.volume import harmonize_volume
+    from harmonize_bids.postprocess import level_slices
+
+    model = tiny_model().eval()
+    rng = np.random.default_rng(0)
+    volume = (0.4 + 0.4 * rng.random((20, 20, 9))).astype(np.float32)
+    mask = np.zeros(volume.shape, bool)
+    mask[3:-3, 3:-3, 1:-1] = True
+    sampler = SamplerSettings(steps=2, samples=1)
+    raw = harmonize_volume(model, volume, mask, 1, sampler, seed=3, level=False)
+    levelled = harmonize_volume(model, volume, mask, 1, sampler, seed=3)
+    assert not np.allclose(raw, levelled)
+    np.testing.assert_allclose(levelled, level_slices(raw, np.where(mask, volume, 0), mask),
+                               atol=1e-6)
+    assert not levelled[~mask].any()

@@ -175,3 +175,11 @@ def test_match_intensities_schemes(extra, scheme, tmp_path):
     bids.mkdir()
     s = parse_args([str(bids), str(tmp_path / "out"), "participant", *extra])
     assert s.match_intensities == scheme
+
+
+@pytest.mark.parametrize("extra, level", [([], True), (["--no-level-slices"], False)])
+def test_slice_leveling_is_on_unless_switched_off(extra, level, tmp_path):
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    s = parse_args([str(bids), str(tmp_path / "out"), "participant", *extra])
+    assert s.level_slices is level

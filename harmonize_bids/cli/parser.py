@@ -141,6 +141,13 @@ def _build_parser() -> argparse.ArgumentParser:
                             "the output's histogram at a small cost in similarity to the "
                             "true target image (benchmarks/results/"
                             "quality_vs_peers_deciles.md)")
+    model.add_argument("--no-level-slices", dest="level_slices", action="store_false",
+                       help="keep the slice-to-slice jumps in overall intensity of the "
+                            "slice-wise model's output; by default they are removed against "
+                            "the source (a linear intensity map of it; the smooth trend "
+                            "across slices and everything within a slice stay the model's), "
+                            "which brings the output closer to the true target image on "
+                            "every score (docs/model.md, 'Decisions of session 17')")
     model.add_argument("--model-info", action="store_true",
                        help="print the model card of --model (or the bundled model) as JSON "
                             "and exit")
@@ -258,6 +265,7 @@ def _check(opts: argparse.Namespace) -> Settings:
         stop_at=opts.stop_at,
         samples=opts.samples,
         match_intensities=opts.match_intensities,
+        level_slices=opts.level_slices,
         train_steps=opts.train_steps,
         batch_size=opts.batch_size,
         patch_size=opts.patch_size,

@@ -201,11 +201,12 @@ def build_workflow(settings: Settings):
         sampler = settings.sampler()
         harmonize = HarmonizeOptions(model_file=model_file, target_site=settings.target_site,
                                      sampler=sampler, device=settings.device,
-                                     mem_mb=settings.mem_mb, match_intensities=scheme)
+                                     mem_mb=settings.mem_mb, match_intensities=scheme,
+                                     level_slices=settings.level_slices)
         LOGGER.info("Harmonizing to site '%s' with %s (%d steps, strength %g, stop at %g, "
-                    "%d chain(s); tissue intensity landmarks: %s)", settings.target_site,
-                    model_file, sampler.steps, sampler.strength, sampler.stop,
-                    sampler.samples, scheme)
+                    "%d chain(s); slice levels equalized: %s; tissue intensity landmarks: %s)",
+                    settings.target_site, model_file, sampler.steps, sampler.strength,
+                    sampler.stop, sampler.samples, settings.level_slices, scheme)
     else:
         LOGGER.info("No --target-site: preprocessing only.")
     workflow = init_harmonize_bids_wf(

@@ -3,6 +3,10 @@
 The volume is a brain in template space, intensity-normalized (99th
 percentile of the brain = 1), zero outside the mask.  Slices are batched
 (bounded by ``max_batch``); one initial noise image is shared by every slice.
+Each slice's overall intensity level is the model's estimate from that slice
+alone, so by default the volume is finished with
+:func:`harmonize_bids.postprocess.level_slices`, which removes the
+slice-to-slice level jitter (``docs/model.md``, "Decisions of session 17").
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import torch
 
 from harmonize_bids.diffusion.model import HarmonizationModel
 from harmonize_bids.diffusion.sampler import SamplerSettings, harmonize_slices
+from harmonize_bids.postprocess import level_slices
 
 
 def slice_stacks(volume: np.ndarray, k: int) -> np.ndarray:
@@ -32,12 +37,17 @@ def batch_size_for(mem_mb: int | None, slice_shape: tuple[int, int], channels: i
 
 def harmonize_volume(model: HarmonizationModel, volume: np.ndarray, mask: np.ndarray,
                      site: int, sampler: SamplerSettings = SamplerSettings(), *, seed: int = 0,
-                     device: str = "cpu", max_batch: int = 32,
+                     device: str = "cpu", max_batch: int = 32, level: bool = True,
                      progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Harmonized copy of ``volume`` (same shape, zero outside ``mask``)."""
+    """Harmonized copy of ``volume`` (same shape, zero outside ``mask``).
+
+    ``level``: remove the slice-to-slice jumps in intensity level
+    (:func:`~harmonize_bids.postprocess.level_slices`).
+    """
     k = model.config.context_slices
     mask = mask > 0
-    stacks = slice_stacks(np.where(mask, volume, 0).astype(np.float32), k)
+    brain = np.where(mask, volume, 0).astype(np.float32)
+    stacks = slice_stacks(brain, k)
     has_brain = np.nonzero(mask.sum(axis=(0, 1)) > 0)[0]
     out = np.zeros(volume.shape, np.float32)
     multiple = model.config.multiple
@@ -56,4 +66,5 @@ def harmonize_volume(model: HarmonizationModel, volume: np.ndarray, mask: np.nda
         done += len(idx)
         if progress:
             progress(done, len(has_brain))
-    return np.where(mask, np.clip(out, 0, None), 0).astype(np.float32)
+    out = np.where(mask, np.clip(out, 0, None), 0).astype(np.float32)
+    return level_slices(out, brain, mask) if level else out

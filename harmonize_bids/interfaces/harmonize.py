@@ -4,7 +4,8 @@ The model works on the template-space brain at its own voxel size (2 mm by
 default).  The change it makes there (harmonized - input, both at the model's
 resolution) is upsampled and added to the 1 mm input, so fine anatomical
 detail of the input is kept while contrast, intensity and texture move to the
-target site.  With ``match_intensities`` the model's output is finished by
+target site.  The slice-wise model's output is first freed of slice-to-slice
+jumps in intensity level (``level_slices``).  With ``match_intensities`` the model's output is finished by
 mapping its tissue intensity landmarks onto the target site's
 (:mod:`harmonize_bids.site_intensity`), when the model stores them.
 """
@@ -52,7 +53,7 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
                         out_file: Path, sampler: SamplerSettings = SamplerSettings(), *,
                         seed: int = 0, device: str = "auto", mem_mb: int | None = None,
                         num_threads: int = 1, match_intensities: str = "none",
-                        log=print) -> dict[str, Any]:
+                        level_slices: bool = True, log=print) -> dict[str, Any]:
     """Harmonize a template-space brain; write ``out_file``; return sidecar metadata."""
     from harmonize_bids.diffusion.checkpoint import file_sha256, load_model
     from harmonize_bids.diffusion.volume import batch_size_for, harmonize_volume
@@ -89,7 +90,7 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
             log(f"harmonizing: {done}/{total} slices")
 
     harmonized = harmonize_volume(model, low, low_mask, site, sampler, seed=seed, device=device,
-                                  max_batch=batch, progress=progress)
+                                  max_batch=batch, level=level_slices, progress=progress)
     matched = False
     if landmarks is not None:
         try:
@@ -105,6 +106,7 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
         "ModelSHA256": file_sha256(model_file),
         "ModelSites": list(model.config.sites),
         **sampler.metadata(),
+        "SliceLevelsEqualized": bool(level_slices),
         "TissueIntensitiesMatched": matched,
         **({"TissueIntensityLandmarks": match_intensities} if matched else {}),
         "RandomSeed": int(seed),
@@ -126,6 +128,9 @@ class _HarmonizeInputSpec(BaseInterfaceInputSpec):
     match_intensities = traits.Enum("none", *SCHEMES, usedefault=True,
                                     desc="map the output's tissue intensity landmarks onto "
                                          "the target site's (site_intensity.SCHEMES)")
+    level_slices = traits.Bool(True, usedefault=True,
+                               desc="remove slice-to-slice jumps in intensity level "
+                                    "(postprocess.level_slices)")
     random_seed = traits.Int(0, usedefault=True)
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True, nohash=True)
     mem_mb = traits.Int(0, usedefault=True, nohash=True)
@@ -154,6 +159,7 @@ class Harmonize(SimpleInterface):
             device=self.inputs.device, mem_mb=self.inputs.mem_mb or None,
             num_threads=self.inputs.num_threads,
             match_intensities=self.inputs.match_intensities,
+            level_slices=self.inputs.level_slices,
             log=lambda m: print(f"[harmonize_bids] {m}", flush=True))
         self._results["out_file"] = str(out)
         self._results["metadata"] = meta

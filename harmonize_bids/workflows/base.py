@@ -24,6 +24,7 @@ class HarmonizeOptions:
     device: str = "auto"
     mem_mb: int | None = None
     match_intensities: str = "none"
+    level_slices: bool = True
 
 
 def workflow_name(record: T1wRecord) -> str:
@@ -67,7 +68,8 @@ def init_harmonize_bids_wf(*, records: list[T1wRecord], output_dir: Path, omp_nt
                 model_file=harmonize.model_file, target_site=harmonize.target_site,
                 sampler=harmonize.sampler, random_seed=random_seed,
                 device=harmonize.device, omp_nthreads=omp_nthreads, mem_mb=harmonize.mem_mb,
-                match_intensities=harmonize.match_intensities)
+                match_intensities=harmonize.match_intensities,
+                level_slices=harmonize.level_slices)
             ds_harmonized_wf = init_ds_harmonized_wf(
                 output_dir=output_dir, source_entities=dict(record.entities), site=record.site)
             single_wf.connect([

@@ -14,7 +14,7 @@ from harmonize_bids.interfaces.images import ApplyMask
 
 def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSettings,
                       random_seed: int, device: str, omp_nthreads: int, mem_mb: int | None,
-                      match_intensities: str = "none",
+                      match_intensities: str = "none", level_slices: bool = True,
                       name: str = "harmonize_wf") -> pe.Workflow:
     """Harmonize the template-space brain to ``target_site`` and resample it to T1w.
 
@@ -30,6 +30,8 @@ def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSet
         + (f"; the mean of {sampler.samples} chains from independent initial noise"
            if sampler.samples > 1 else "")
         + ")"
+        + (", its slice-to-slice jumps in overall intensity were removed against a linear "
+           "intensity map of the source" if level_slices else "")
         + (f", its tissue intensity landmarks (CSF, grey and white matter {match_intensities})"
            " were mapped onto those of the target site" if match_intensities != "none" else "")
         + " and it was resampled back to the T1w grid.")
@@ -40,7 +42,8 @@ def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSet
     harmonize = pe.Node(Harmonize(
         model_file=str(model_file), target_site=target_site, steps=sampler.steps,
         strength=sampler.strength, stop_at=sampler.stop, samples=sampler.samples,
-        match_intensities=match_intensities, random_seed=random_seed,
+        match_intensities=match_intensities, level_slices=level_slices,
+        random_seed=random_seed,
         device=device, mem_mb=mem_mb or 0, num_threads=omp_nthreads),
         name="harmonize", n_procs=omp_nthreads, mem_gb=(mem_mb or 4096) / 1024)
     to_t1w = pe.Node(ApplyTransform(interpolation="linear", num_threads=omp_nthreads),
