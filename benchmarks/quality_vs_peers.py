@@ -81,14 +81,17 @@ MATCH_SUFFIX = {None: "", "medians": " + tissue match", "quartiles": " + tissue 
                 "deciles": " + tissue decile match", "vigintiles": " + tissue vigintile match"}
 
 
-def ours_name(sampler, scheme: str | None = None) -> str:
+def ours_name(sampler, scheme: str | None = None, levelled: bool = True) -> str:
     """``ours (S=10)``, ``ours (S=5x2)`` (2 averaged chains), ``ours (S=10, stop 0.3)``,
-    ``ours (S=5x2, strength 0.7)``; ``... + tissue match`` (``+ tissue quartile match``)
-    when the output's tissue medians (quartiles) were mapped onto the target site's."""
+    ``ours (S=5x2, strength 0.7)``; ``ours (S=5x2, unlevelled)`` without the slice
+    levelling the app does by default; ``... + tissue match`` (``+ tissue quartile
+    match``) when the output's tissue medians (quartiles) were mapped onto the target
+    site's."""
     chains = f"x{sampler.samples}" if sampler.samples > 1 else ""
     stop = f", stop {sampler.stop:g}" if sampler.stop else ""
     start = f", strength {sampler.strength:g}" if sampler.strength != 1 else ""
-    return f"ours (S={sampler.steps}{chains}{start}{stop})" + MATCH_SUFFIX[scheme]
+    unlevelled = "" if levelled else ", unlevelled"
+    return f"ours (S={sampler.steps}{chains}{start}{stop}{unlevelled})" + MATCH_SUFFIX[scheme]
 
 
 def match_variants(model, targets: list[str]) -> tuple[str | None, ...]:
@@ -151,10 +154,12 @@ def held_out_label_maps(card: dict, n_test: int) -> list[str]:
 
 def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
                     threads: int = 1, matches: tuple[str | None, ...] = (None,),
-                    peers: dict | None = None, n_anatomies: int | None = None) -> list:
+                    peers: dict | None = None, n_anatomies: int | None = None,
+                    levels: tuple[bool, ...] = (True,)) -> list:
     from harmonize_bids.derivatives import init_derivatives
     from harmonize_bids.diffusion.volume import harmonize_volume
     from harmonize_bids.evaluation import evaluate, read_simulated_dataset
+    from harmonize_bids.postprocess import level_slices
     from harmonize_bids.simulate.protocols import PROTOCOLS
 
     held_out = held_out_label_maps(card, n_test)
@@ -189,15 +194,17 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
             merged = merge_results(merged, evaluate(test_ds, deriv))
         tables.append((name, merged, (time.monotonic() - t0) / n))
         log(f"{name} done")
+    variants = [(lev, m) for lev in levels for m in matches]
     for sampler in samplers:
-        merged = {m: None for m in matches}
-        seconds = {m: 0.0 for m in matches}
+        merged = {v: None for v in variants}
+        seconds = {v: 0.0 for v in variants}
         n = 0
         for target in targets:
             start = f"_str{sampler.strength:g}" if sampler.strength != 1 else ""
-            derivs = {m: out / (f"ours_s{sampler.steps}{start}_stop{sampler.stop:g}"
-                                f"_n{sampler.samples}{f'_{m}' if m else ''}_{target}")
-                      for m in matches}
+            derivs = {(lev, m): out / (f"ours_s{sampler.steps}{start}_stop{sampler.stop:g}"
+                                       f"_n{sampler.samples}{'' if lev else '_unlevelled'}"
+                                       f"{f'_{m}' if m else ''}_{target}")
+                      for lev, m in variants}
             for deriv in derivs.values():
                 init_derivatives(deriv, test_ds)
             for img in images:
@@ -205,23 +212,29 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
                     continue
                 src, mask = vols[img.anatomy][img.site], masks[img.anatomy]
                 t0 = time.monotonic()
-                res = harmonize_volume(model, src, mask, model.config.site_index(target),
-                                       sampler, seed=0)
+                raw = harmonize_volume(model, src, mask, model.config.site_index(target),
+                                       sampler, seed=0, level=False)
                 spent = time.monotonic() - t0
-                for m, deriv in derivs.items():
+                for lev in levels:  # = harmonize_volume(..., level=True) (tested)
                     t1 = time.monotonic()
-                    final = matched(res, mask, model, target, m)
-                    seconds[m] += spent + time.monotonic() - t1
-                    meta = {"TargetSite": target, "SourceSite": img.site,
-                            **sampler.metadata(), "TissueIntensitiesMatched": m is not None,
-                            **({"TissueIntensityLandmarks": m} if m else {})}
-                    save_harmonized(deriv, img, to_native(final, img.t1w), meta)
+                    res = level_slices(raw, np.where(mask, src, 0), mask) if lev else raw
+                    levelling = time.monotonic() - t1
+                    for m in matches:
+                        t2 = time.monotonic()
+                        final = matched(res, mask, model, target, m)
+                        seconds[lev, m] += spent + levelling + time.monotonic() - t2
+                        meta = {"TargetSite": target, "SourceSite": img.site,
+                                **sampler.metadata(), "SliceLevelsEqualized": lev,
+                                "TissueIntensitiesMatched": m is not None,
+                                **({"TissueIntensityLandmarks": m} if m else {})}
+                        save_harmonized(derivs[lev, m], img, to_native(final, img.t1w), meta)
                 n += 1
-            for m, deriv in derivs.items():
-                merged[m] = merge_results(merged[m], evaluate(test_ds, deriv))
-        for m in matches:
-            tables.append((ours_name(sampler, m), merged[m], seconds[m] / n))
-            log(f"{ours_name(sampler, m)}: {seconds[m] / n:.1f} s per volume")
+            for v, deriv in derivs.items():
+                merged[v] = merge_results(merged[v], evaluate(test_ds, deriv))
+        for lev, m in variants:
+            name = ours_name(sampler, m, lev)
+            tables.append((name, merged[lev, m], seconds[lev, m] / n))
+            log(f"{name}: {seconds[lev, m] / n:.1f} s per volume")
     return tables, held_out
 
 
@@ -242,10 +255,12 @@ def n4_array(image: np.ndarray, voxel_mm: float) -> np.ndarray:
 
 def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int,
               matches: tuple[str | None, ...] = (None,),
-              peers: dict | None = None) -> tuple[str, list]:
+              peers: dict | None = None,
+              levels: tuple[bool, ...] = (True,)) -> tuple[str, list]:
     """Real held-out IXI brains, re-rendered by unseen random protocols, back to ixi-hh."""
     from harmonize_bids import metrics
     from harmonize_bids.diffusion.volume import harmonize_volume
+    from harmonize_bids.postprocess import level_slices
     from harmonize_bids.simulate.protocols import random_protocol
     from harmonize_bids.simulate.shift import shift_real_image
     from harmonize_bids.training.data import normalize_brain
@@ -263,7 +278,8 @@ def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int,
     site = model.config.site_index("ixi-hh")
     peers = peer_methods() if peers is None else peers
     rows = {name: [] for name in ["no harmonization", *peers,
-                                  *(ours_name(sm, m) for sm in samplers for m in matches)]}
+                                  *(ours_name(sm, m, lev) for sm in samplers
+                                    for lev in levels for m in matches)]}
     times = {name: 0.0 for name in rows}
     for i, sub in enumerate(used):
         truth, mask = volumes[sub]["ixi-hh"], masks[sub]
@@ -278,25 +294,25 @@ def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int,
             for name, fn in peers.items():
                 candidates[name] = (lambda fn=fn, name=name: fn(
                     src, mask, others if name.startswith("Nyul") else others[i % len(others):][:1]))
-            for sm in samplers:
-                sampled: dict = {}
-                candidates[ours_name(sm)] = (lambda sm=sm, sampled=sampled: sampled.setdefault(
-                    "out", harmonize_volume(model, src, mask, site, sm, seed=0)))
-                for m in matches[1:]:  # reuse the chain above (its time is added below)
-                    candidates[ours_name(sm, m)] = (lambda sampled=sampled, m=m: matched(
-                        sampled["out"], mask, model, IXI, m))
-            spent = {}
             for name, run in candidates.items():
                 t0 = time.monotonic()
                 out = run()
-                spent[name] = time.monotonic() - t0
-                chain = name
-                for suffix in filter(None, MATCH_SUFFIX.values()):
-                    chain = chain.removesuffix(suffix)
-                if chain != name:
-                    spent[name] += spent[chain]
-                times[name] += spent[name]
+                times[name] += time.monotonic() - t0
                 rows[name].append(metrics.compare(out, truth, mask))
+            for sm in samplers:  # one chain; each variant's time includes it
+                t0 = time.monotonic()
+                raw = harmonize_volume(model, src, mask, site, sm, seed=0, level=False)
+                spent = time.monotonic() - t0
+                for lev in levels:
+                    t1 = time.monotonic()
+                    res = level_slices(raw, src, mask) if lev else raw
+                    levelling = time.monotonic() - t1
+                    for m in matches:
+                        t2 = time.monotonic()
+                        out = matched(res, mask, model, IXI, m)
+                        name = ours_name(sm, m, lev)
+                        times[name] += spent + levelling + time.monotonic() - t2
+                        rows[name].append(metrics.compare(out, truth, mask))
         log(f"IXI {sub} done")
     n = len(used) * n_shifts
     lines = [f"{n} images: {len(used)} held-out IXI brains x {n_shifts} unseen random "
@@ -379,6 +395,10 @@ def main() -> None:
     parser.add_argument("--tracks", nargs="+", choices=["A", "B"], default=["A", "B"],
                         help="A: simulated traveling subjects; B: real IXI brains under "
                              "unseen protocols")
+    parser.add_argument("--level-slices", choices=["on", "off", "both"], default="on",
+                        help="ours with the app's default slice levelling "
+                             "(postprocess.level_slices), without it, or both from the same "
+                             "chains")
     parser.add_argument("--no-peers", action="store_true",
                         help="run only no harmonization and ours (to compare models: the "
                              "peers' outputs do not depend on the model; "
@@ -400,12 +420,13 @@ def main() -> None:
                 for n in args.samples]
     matches = match_variants(model, args.targets)
     peers = {} if args.no_peers else peer_methods()
+    levels = {"on": (True,), "off": (False,), "both": (False, True)}[args.level_slices]
     tables, held_out = simulated_track(model, card, args.targets, samplers, args.out_dir,
                                        args.n_test, args.threads, matches, peers,
-                                       args.n_anatomies) \
+                                       args.n_anatomies, levels) \
         if "A" in args.tracks else ([], held_out_label_maps(card, args.n_test))
     ixi_text, ixi_used = ixi_track(model, card, args.ixi_derivatives, samplers,
-                                   args.ixi_shifts, matches, peers) \
+                                   args.ixi_shifts, matches, peers, levels) \
         if "B" in args.tracks else ("Track B not run (--tracks)", [])
     lines = [
         "# Quality vs. peers, on data the model never trained on", "",
