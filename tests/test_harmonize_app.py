@@ -42,6 +42,7 @@ def test_participant_with_target_site_writes_harmonized_outputs(synthetic_bids, 
     assert side["StopAt"] == 0.25 and side["Strength"] == 1.0 and side["Samples"] == 2
     assert len(side["ModelSHA256"]) == 64
     assert side["TissueIntensitiesMatched"] is False  # a model without site landmarks
+    assert side["SliceLevelsEqualized"] is True  # the default
     # harmonized images live on the grids of their spaces and only inside the brain
     pre = nb.load(anat / "sub-02_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz")
     assert nb.load(std).shape == pre.shape

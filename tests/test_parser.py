@@ -178,7 +178,7 @@ def test_match_intensities_schemes(extra, scheme, tmp_path):
 
 
 @pytest.mark.parametrize("extra, level", [([], True), (["--no-level-slices"], False)])
-def test_slice_leveling_is_on_unless_switched_off(extra, level, tmp_path):
+def test_slice_levelling_is_on_unless_switched_off(extra, level, tmp_path):
     bids = tmp_path / "bids"
     bids.mkdir()
     s = parse_args([str(bids), str(tmp_path / "out"), "participant", *extra])

@@ -34,3 +34,24 @@ def test_top_level_has_one_branch_per_image(synthetic_bids, tmp_path):
     branches = {n.split(".")[0] for n in wf.list_node_names()}
     assert branches == {workflow_name(r) for r in records} == {
         "sub_01_wf", "sub_02_wf", "sub_03_wf"}
+
+
+def test_harmonize_options_reach_the_harmonize_node(synthetic_bids, tmp_path):
+    """--no-level-slices and the landmark scheme end up on the nipype node that runs the model."""
+    from harmonize_bids.diffusion.schedule import SamplerSettings
+    from harmonize_bids.workflows.base import HarmonizeOptions
+
+    layout = bu.load_layout(synthetic_bids)
+    records = bu.resolve_sites(layout, bu.collect_t1w(layout))[:1]
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"")  # the node only checks that the file exists
+    for level in (True, False):
+        options = HarmonizeOptions(model_file=model, target_site="siteA",
+                                   sampler=SamplerSettings(steps=3), match_intensities="deciles",
+                                   level_slices=level)
+        wf = init_harmonize_bids_wf(records=records, output_dir=tmp_path, omp_nthreads=1,
+                                    sloppy=True, random_seed=0, harmonize=options)
+        node = wf.get_node(workflow_name(records[0])).get_node("harmonize_wf").get_node(
+            "harmonize")
+        assert node.inputs.level_slices is level
+        assert node.inputs.match_intensities == "deciles" and node.inputs.steps == 3

@@ -5,8 +5,9 @@ default).  The change it makes there (harmonized - input, both at the model's
 resolution) is upsampled and added to the 1 mm input, so fine anatomical
 detail of the input is kept while contrast, intensity and texture move to the
 target site.  The slice-wise model's output is first freed of slice-to-slice
-jumps in intensity level (``level_slices``).  With ``match_intensities`` the model's output is finished by
-mapping its tissue intensity landmarks onto the target site's
+jumps in intensity level (``level_slices``).  With ``match_intensities`` the
+model's output is finished by mapping its tissue intensity landmarks onto the
+target site's
 (:mod:`harmonize_bids.site_intensity`), when the model stores them.
 """
 from __future__ import annotations
