@@ -111,6 +111,14 @@ def _load(path: Path) -> np.ndarray:
     return np.asarray(nb.load(str(path)).dataobj, dtype=np.float32)
 
 
+def axial_axis(path: Path) -> int:
+    """The array axis of ``path`` that runs inferior-superior: the axis across which a
+    slice-wise model's axial slices are stacked, whatever the stored orientation (the
+    simulator writes LIA, where it is axis 1)."""
+    codes = nb.aff2axcodes(nb.load(str(path)).affine)
+    return next(i for i, c in enumerate(codes) if c in ("S", "I"))
+
+
 def harmonized_outputs(images: list[SimulatedImage], derivatives_dir: Path
                        ) -> list[tuple[SimulatedImage, Path, str]]:
     """(source image, harmonized file, target site) for every harmonized output found."""
@@ -155,9 +163,11 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
         harmonized = _load(path)
         row = metrics.compare(harmonized, _load(truth.t1w), mask, _load(truth.dseg))
         unchanged = path == src.t1w
-        row["flicker"] = 0.0 if unchanged else metrics.flicker(_load(src.t1w), harmonized, mask)
+        axis = axial_axis(src.t1w)  # until session 17: axis 2, which is A-P in LIA files
+        row["flicker"] = 0.0 if unchanged else \
+            metrics.flicker(_load(src.t1w), harmonized, mask, axis=axis)
         row["slice_jumps"] = 0.0 if unchanged else \
-            metrics.slice_jumps(_load(src.t1w), harmonized, mask)
+            metrics.slice_jumps(_load(src.t1w), harmonized, mask, axis=axis)
         scores[(src.site, target)].append(row)
         sent[target].append((harmonized, mask, src.site))
         progress(f"[{k + 1}/{len(jobs)}] {src.participant} ({src.site}) -> {target}")

@@ -54,6 +54,64 @@ def test_perfect_harmonization_scores_perfectly(toy_dataset, tmp_path):
     assert row["flicker"] > 0  # the change from the source is not zero
 
 
+def _reoriented_copy(dataset, dest, codes=("L", "I", "A")):
+    """The dataset with every image stored in another orientation (same voxels in space),
+    as N4 or a scanner may write them (the benchmark's N4-corrected test set is LIA)."""
+    import shutil
+
+    import nibabel as nb
+
+    shutil.copytree(dataset, dest)
+    for path in dest.rglob("*.nii.gz"):
+        img = nb.load(path)
+        ornt = nb.orientations.ornt_transform(nb.orientations.io_orientation(img.affine),
+                                              nb.orientations.axcodes2ornt(codes))
+        img.as_reoriented(ornt).to_filename(path)
+    return dest
+
+
+def test_slice_consistency_is_judged_across_axial_slices(toy_dataset, tmp_path):
+    """Stored as LIA, a 'model' whose axial slices (RAS z) each get their own offset must
+    show slice jumps and flicker; offsets across coronal slices must not."""
+    import nibabel as nb
+    import numpy as np
+
+    from harmonize_bids.evaluation import axial_axis
+
+    dataset = _reoriented_copy(toy_dataset, tmp_path / "lia")
+    images = read_simulated_dataset(dataset)
+    assert nb.aff2axcodes(nb.load(images[0].t1w).affine) == ("L", "I", "A")
+    assert axial_axis(images[0].t1w) == 1
+    rows = {}
+    for name, ras_axis in (("axial", 2), ("coronal", 1)):
+        out = tmp_path / name
+        init_derivatives(out, dataset)
+        for img in images:
+            if img.site != "ge15tspgr":
+                continue
+            stored = nb.load(img.t1w)
+            ras = nb.as_closest_canonical(stored)
+            data = np.asarray(ras.dataobj, np.float32)
+            shape = [1, 1, 1]
+            shape[ras_axis] = -1
+            bumps = np.resize([0.0, 0.25], data.shape[ras_axis]).reshape(shape)
+            scale = np.percentile(data[data > 0], 99)
+            bumped = nb.Nifti1Image(np.where(data > 0, data + scale * bumps, 0).astype(
+                np.float32), ras.affine)
+            back = bumped.as_reoriented(nb.orientations.ornt_transform(
+                nb.orientations.io_orientation(ras.affine),
+                nb.orientations.io_orientation(stored.affine)))
+            tmp = tmp_path / f"{name}_{img.participant}.nii.gz"
+            back.to_filename(tmp)
+            ents = {"subject": img.participant, "_relpath": f"sub-{img.participant}/anat/x"}
+            save_derivative(out, ents, "harmonized", tmp,
+                            extra_metadata={"TargetSite": "siemens3tmprage",
+                                            "SourceSite": "ge15tspgr"})
+        rows[name] = evaluate(dataset, out)["pairs"][("ge15tspgr", "siemens3tmprage")]
+    assert rows["axial"]["slice_jumps"] > 5 * rows["coronal"]["slice_jumps"]
+    assert rows["axial"]["flicker"] > 2 * rows["coronal"]["flicker"]
+
+
 def test_evaluate_cli(toy_dataset, tmp_path, capsys):
     from harmonize_bids.cli.evaluate import main
 
