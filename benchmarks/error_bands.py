@@ -119,7 +119,8 @@ def main() -> None:
         "- mean squared error x 10^4 of robust-normalized images inside the brain "
         "(PSNR = 40 - 10 log10(value)); coarse: > ~16 mm, middle: ~3-16 mm, fine: < ~3 mm; "
         "slice levels: the error carried by each axial slice's mean; slice jumps: mean "
-        "square of that mean's change from one slice to the next (not a share of the total)", "", *lines, ""])
+        "square of that mean's change from one slice to the next (not a share of the total)",
+        "", *lines, ""])
     print(text)
     if args.results:
         args.results.parent.mkdir(parents=True, exist_ok=True)
