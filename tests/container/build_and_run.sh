@@ -101,6 +101,7 @@ desc = json.loads((out / "dataset_description.json").read_text())
 assert desc["GeneratedBy"][0]["Container"]["Type"] == "docker", desc["GeneratedBy"]
 side = json.loads(next(out.glob("sub-a01s02/anat/*desc-harmonized_T1w.json")).read_text())
 assert side["TargetSite"] == "siemens3tmprage", side
+assert side["SliceLevelsEqualized"] is True, side  # the default since session 17
 print("outputs and sidecars ok:", len(list(out.rglob("*.nii.gz"))), "images")
 PY
 "${RUN[@]}" -v "$DATA/out:/out:ro" --entrypoint bids-validator-deno "$IMAGE" /out \
