@@ -50,23 +50,23 @@ def error_parts(image: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict[
     >>> bool(e["slice levels"] > 0.8 * e["total"] and e["slice jumps"] > e["total"])
     True
     """
-    from harmonize_bids.metrics import robust_normalize
+    from harmonize_bids.metrics import robust_normalize, slice_jumps
     from harmonize_bids.postprocess import masked_gaussian
+    from harmonize_bids.utils.slices import slice_means
 
     mask = mask > 0
     err = np.where(mask, robust_normalize(image, mask) - robust_normalize(truth, mask), 0.0)
     coarse = masked_gaussian(err, mask, 8.0)
     smooth = masked_gaussian(err, mask, 1.5)
-    count = mask.sum(axis=(0, 1)).astype(float)
-    level = err.sum(axis=(0, 1)) / np.maximum(count, 1)
-    pairs = np.minimum(count[:-1], count[1:])
+    level, count = slice_means(err, mask, axis=2)
     return {
         "total": float(np.mean(err[mask] ** 2)),
         "coarse": float(np.mean(coarse[mask] ** 2)),
         "middle": float(np.mean((smooth - coarse)[mask] ** 2)),
         "fine": float(np.mean((err - smooth)[mask] ** 2)),
         "slice levels": float(np.sum(count * level ** 2) / count.sum()),
-        "slice jumps": float(np.sum(pairs * np.diff(level) ** 2) / max(pairs.sum(), 1)),
+        # the error's change from slice to slice is image minus truth: metrics.slice_jumps
+        "slice jumps": slice_jumps(truth, image, mask) ** 2,
     }
 
 

@@ -217,7 +217,7 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
                 spent = time.monotonic() - t0
                 for lev in levels:  # = harmonize_volume(..., level=True) (tested)
                     t1 = time.monotonic()
-                    res = level_slices(raw, np.where(mask, src, 0), mask) if lev else raw
+                    res = level_slices(raw, src, mask) if lev else raw
                     levelling = time.monotonic() - t1
                     for m in matches:
                         t2 = time.monotonic()

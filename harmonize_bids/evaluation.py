@@ -162,12 +162,13 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
         mask = _load(truth.brain_mask) > 0
         harmonized = _load(path)
         row = metrics.compare(harmonized, _load(truth.t1w), mask, _load(truth.dseg))
-        unchanged = path == src.t1w
-        axis = axial_axis(src.t1w)  # until session 17: axis 2, which is A-P in LIA files
-        row["flicker"] = 0.0 if unchanged else \
-            metrics.flicker(_load(src.t1w), harmonized, mask, axis=axis)
-        row["slice_jumps"] = 0.0 if unchanged else \
-            metrics.slice_jumps(_load(src.t1w), harmonized, mask, axis=axis)
+        if path == src.t1w:
+            row["flicker"] = row["slice_jumps"] = 0.0
+        else:
+            source = _load(src.t1w)
+            axis = axial_axis(src.t1w)  # until session 17: axis 2, which is A-P in LIA files
+            row["flicker"] = metrics.flicker(source, harmonized, mask, axis=axis)
+            row["slice_jumps"] = metrics.slice_jumps(source, harmonized, mask, axis=axis)
         scores[(src.site, target)].append(row)
         sent[target].append((harmonized, mask, src.site))
         progress(f"[{k + 1}/{len(jobs)}] {src.participant} ({src.site}) -> {target}")

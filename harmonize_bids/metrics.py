@@ -9,8 +9,8 @@ Normalization
 -------------
 Every comparison metric (:func:`mae`, :func:`psnr`, :func:`correlation`,
 :func:`ssim3d`, :func:`intensity_wasserstein`, :func:`flicker`,
-:func:`slice_jumps`, :func:`compare`) first applies **the same** robust normalization to each image,
-:func:`robust_normalize`::
+:func:`slice_jumps`, :func:`compare`) first applies **the same** robust
+normalization to each image, :func:`robust_normalize`::
 
     x' = (x - p_1) / (p_99 - p_1)      inside the mask,   x' = 0 outside,
 
@@ -509,14 +509,12 @@ def slice_jumps(
     >>> round(slice_jumps(src, h, m, normalize=False), 6)
     0.1
     """
+    from harmonize_bids.utils.slices import slice_means
+
     xs, xh, m = _prepare_pair(source, harmonized, mask, normalize)
     if xs.ndim != 3:
         raise ValueError(f"slice_jumps needs 3D images, got {xs.ndim}D")
-    if not -3 <= axis < 3:
-        raise ValueError(f"axis must be in [-3, 2], got {axis}")
-    others = tuple(j for j in range(3) if j != axis % 3)
-    count = m.sum(axis=others).astype(np.float64)
-    level = np.where(m, xh - xs, 0.0).sum(axis=others) / np.maximum(count, 1)
+    level, count = slice_means(xh - xs, m, axis)
     weight = np.minimum(count[:-1], count[1:])
     if not weight.any():
         raise ValueError(f"no two neighbouring slices along axis {axis} hold mask voxels")

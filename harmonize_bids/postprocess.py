@@ -36,6 +36,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from harmonize_bids.utils.slices import slice_means
+
 
 def masked_gaussian(image: np.ndarray, mask: np.ndarray, sigma_vox: float) -> np.ndarray:
     """Gaussian smoothing inside ``mask`` only (normalized convolution).
@@ -92,11 +94,8 @@ def level_slices(harmonized: np.ndarray, source: np.ndarray, mask: np.ndarray, *
         return np.zeros(harmonized.shape, np.float32)
     f = intensity_map(masked_gaussian(source, mask, fit_sigma_vox),
                       masked_gaussian(harmonized, mask, fit_sigma_vox), mask, degree=1)
-    residual = np.where(mask, harmonized - f(source), 0.0)
-    others = tuple(j for j in range(harmonized.ndim) if j != axis)
-    count = mask.sum(axis=others).astype(np.float64)
-    total = residual.sum(axis=others)
-    level = np.where(count > 0, total / np.maximum(count, 1), 0.0)
+    level, count = slice_means(harmonized - f(source), mask, axis)
+    total = level * count
     # beyond the volume's ends the end slices repeat ("nearest"): where the brain touches
     # the first or last slice, that slice keeps a little of its jump (the setting the
     # session-17 benchmark measured; "constant" would remove more there)
