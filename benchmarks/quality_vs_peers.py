@@ -118,6 +118,24 @@ def matched(image, mask, model, site: str, scheme: str | None):
     return match_landmarks(image, mask, target_landmarks(model.config, site, scheme))
 
 
+def our_variants(raw, source, mask, model, target: str, levels: tuple[bool, ...],
+                 matches: tuple[str | None, ...]):
+    """``(levelled, scheme, image, seconds)`` for each variant of one chain's output
+    ``raw``: slice levelling on or off (``harmonize_volume(..., level=True)`` is
+    ``level_slices`` of its ``level=False`` output, tested), then each landmark scheme;
+    ``seconds`` is what the variant adds to the chain's time."""
+    from harmonize_bids.postprocess import level_slices
+
+    for levelled in levels:
+        t0 = time.monotonic()
+        image = level_slices(raw, source, mask) if levelled else raw
+        levelling = time.monotonic() - t0
+        for scheme in matches:
+            t1 = time.monotonic()
+            final = matched(image, mask, model, target, scheme)
+            yield levelled, scheme, final, levelling + time.monotonic() - t1
+
+
 def test_dataset(sites: list[str], held_out: list[str], out: Path, threads: int = 1,
                  n_anatomies: int | None = None) -> Path:
     """The held-out traveling subjects under ``sites`` + the unseen protocols, with
@@ -159,7 +177,6 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
     from harmonize_bids.derivatives import init_derivatives
     from harmonize_bids.diffusion.volume import harmonize_volume
     from harmonize_bids.evaluation import evaluate, read_simulated_dataset
-    from harmonize_bids.postprocess import level_slices
     from harmonize_bids.simulate.protocols import PROTOCOLS
 
     held_out = held_out_label_maps(card, n_test)
@@ -215,19 +232,14 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
                 raw = harmonize_volume(model, src, mask, model.config.site_index(target),
                                        sampler, seed=0, level=False)
                 spent = time.monotonic() - t0
-                for lev in levels:  # = harmonize_volume(..., level=True) (tested)
-                    t1 = time.monotonic()
-                    res = level_slices(raw, src, mask) if lev else raw
-                    levelling = time.monotonic() - t1
-                    for m in matches:
-                        t2 = time.monotonic()
-                        final = matched(res, mask, model, target, m)
-                        seconds[lev, m] += spent + levelling + time.monotonic() - t2
-                        meta = {"TargetSite": target, "SourceSite": img.site,
-                                **sampler.metadata(), "SliceLevelsEqualized": lev,
-                                "TissueIntensitiesMatched": m is not None,
-                                **({"TissueIntensityLandmarks": m} if m else {})}
-                        save_harmonized(derivs[lev, m], img, to_native(final, img.t1w), meta)
+                for lev, m, final, extra in our_variants(raw, src, mask, model, target,
+                                                         levels, matches):
+                    seconds[lev, m] += spent + extra
+                    meta = {"TargetSite": target, "SourceSite": img.site,
+                            **sampler.metadata(), "SliceLevelsEqualized": lev,
+                            "TissueIntensitiesMatched": m is not None,
+                            **({"TissueIntensityLandmarks": m} if m else {})}
+                    save_harmonized(derivs[lev, m], img, to_native(final, img.t1w), meta)
                 n += 1
             for v, deriv in derivs.items():
                 merged[v] = merge_results(merged[v], evaluate(test_ds, deriv))
@@ -260,7 +272,6 @@ def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int,
     """Real held-out IXI brains, re-rendered by unseen random protocols, back to ixi-hh."""
     from harmonize_bids import metrics
     from harmonize_bids.diffusion.volume import harmonize_volume
-    from harmonize_bids.postprocess import level_slices
     from harmonize_bids.simulate.protocols import random_protocol
     from harmonize_bids.simulate.shift import shift_real_image
     from harmonize_bids.training.data import normalize_brain
@@ -303,16 +314,10 @@ def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int,
                 t0 = time.monotonic()
                 raw = harmonize_volume(model, src, mask, site, sm, seed=0, level=False)
                 spent = time.monotonic() - t0
-                for lev in levels:
-                    t1 = time.monotonic()
-                    res = level_slices(raw, src, mask) if lev else raw
-                    levelling = time.monotonic() - t1
-                    for m in matches:
-                        t2 = time.monotonic()
-                        out = matched(res, mask, model, IXI, m)
-                        name = ours_name(sm, m, lev)
-                        times[name] += spent + levelling + time.monotonic() - t2
-                        rows[name].append(metrics.compare(out, truth, mask))
+                for lev, m, out, extra in our_variants(raw, src, mask, model, IXI, levels,
+                                                       matches):
+                    times[ours_name(sm, m, lev)] += spent + extra
+                    rows[ours_name(sm, m, lev)].append(metrics.compare(out, truth, mask))
         log(f"IXI {sub} done")
     n = len(used) * n_shifts
     lines = [f"{n} images: {len(used)} held-out IXI brains x {n_shifts} unseen random "
