@@ -18,6 +18,9 @@
 # Session 16 at b9bfc69 (the new bundled model), on a freshly reset machine with
 # podman etc. just apt-installed, nothing cached: 321 s in all (debootstrap 36 s,
 # build 194 s, participant job 85 s).
+# The CUDA flavour (FLAVOR=cuda), session 18 at b1eec94, base image cached, no GPU here:
+# 563 s in all (build 460 s, pulling PyPI's torch 2.13.0+cu130 and its nvidia-* wheels,
+# ~3 GB, fast here; the participant job on the CPU inside it 86 s); image 6.2 GB.
 # Not part of .ci/run (CI's 2 cores are better spent on the test suite); CircleCI
 # builds and runs the image with Docker on every push.
 set -euo pipefail
