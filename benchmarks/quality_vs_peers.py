@@ -330,6 +330,28 @@ def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int,
     return "\n".join(lines), used
 
 
+def dice_reached(res: dict, baseline: dict) -> tuple[int, int]:
+    """Pairs whose tissue Dice is >= no harmonization's, and pairs whose Dice is >= the
+    lower of no harmonization's and the target's rescan (what an image like the true
+    target image scores: where the unharmonized source already segments better than
+    the target site's own rescan, a perfect harmonizer could not reach the first bar).
+
+    >>> pair = lambda d: {"tissue_dice": d}
+    >>> ours = {"pairs": {("a", "t"): pair(0.79), ("b", "t"): pair(0.75)},
+    ...         "ceiling": {"t": {"tissue_dice": 0.72}}}
+    >>> none = {"pairs": {("a", "t"): pair(0.80), ("b", "t"): pair(0.70)}}
+    >>> dice_reached(ours, none)
+    (1, 2)
+    """
+    strict = attainable = 0
+    for (source, target), row in res["pairs"].items():
+        before = baseline["pairs"][source, target]["tissue_dice"]
+        rescan = res.get("ceiling", {}).get(target, {}).get("tissue_dice", before)
+        strict += row["tissue_dice"] >= before
+        attainable += row["tissue_dice"] >= min(before, rescan)
+    return strict, attainable
+
+
 def summary(tables: list) -> str:
     """One line per method: means over pairs, and pairs where ours beats every peer."""
     lines = ["| method | mean SSIM | mean PSNR (dB) | mean tissue Dice | mean site pred. | "
@@ -347,8 +369,7 @@ def summary(tables: list) -> str:
             continue
         wins = {m: sum(all(res["pairs"][k][m] > p[1]["pairs"][k][m] for p in peers)
                        for k in res["pairs"]) for m in ("ssim", "psnr")}
-        dice_ok = sum(res["pairs"][k]["tissue_dice"] >= tables[0][1]["pairs"][k]["tissue_dice"]
-                      for k in res["pairs"])
+        dice_ok, dice_attainable = dice_reached(res, tables[0][1])
         targets = sorted(res["site_predictability"])
         if len(peers) > 1:
             pred_ok = sum(res["site_predictability"][t] <= min(
@@ -360,7 +381,8 @@ def summary(tables: list) -> str:
                      f"{wins['ssim']}/{len(res['pairs'])} pairs, on PSNR in "
                      f"{wins['psnr']}/{len(res['pairs'])}; {pred}; tissue Dice >= no "
                      "harmonization in "
-                     f"{dice_ok}/{len(res['pairs'])}")
+                     f"{dice_ok}/{len(res['pairs'])} (>= the lower of no harmonization "
+                     f"and the target's rescan in {dice_attainable}/{len(res['pairs'])})")
     return "\n".join(lines)
 
 
