@@ -214,6 +214,10 @@ def main() -> None:
     parser.add_argument("--source-input", action="store_true",
                         help="the denoiser also reads the source slice stack (the detail "
                              "path, ModelConfig.source_input)")
+    parser.add_argument("--fill-background", type=int, default=0, metavar="VOXELS",
+                        help="continue the brain this many voxels into the background in "
+                             "training and at inference (ModelConfig.fill_background; 0: "
+                             "zero background, as the bundled model; docs/model.md, session 18)")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start from this model's weights (same sites and network; "
                              "--source-input may add the source channels)")
@@ -316,7 +320,8 @@ def main() -> None:
     volumes.update({f"sim-{k}": v for k, v in sim_vols.items()})
     log(f"{len(sim_vols)} simulated anatomies x {len(next(iter(sim_vols.values())))} protocols")
     config = ModelConfig(sites=MODEL_SITES, base_channels=args.base_channels, voxel_mm=2.0,
-                         site_landmarks=landmarks, source_input=args.source_input)
+                         site_landmarks=landmarks, source_input=args.source_input,
+                         fill_background=args.fill_background)
     model = HarmonizationModel(config)
     init = None
     if args.init_from:
@@ -325,7 +330,8 @@ def main() -> None:
 
         earlier, earlier_card = load_model(args.init_from)
         if dataclasses.replace(earlier.config, source_input=config.source_input,
-                               site_landmarks=landmarks) != config:
+                               site_landmarks=landmarks,
+                               fill_background=config.fill_background) != config:
             raise SystemExit(f"{args.init_from}: another network or site list; cannot start "
                              "from it")
         widened = warm_start(model, earlier.state_dict())
@@ -337,7 +343,7 @@ def main() -> None:
                 "widened": widened}
         log(f"starting from {args.init_from} ({init['steps']} steps); widened {widened}")
     data = PairedSlices(volumes, list(MODEL_SITES), context_slices=config.context_slices,
-                        crop=(64, 64), augment=1.5)
+                        crop=(64, 64), augment=1.5, fill_background=config.fill_background)
     device = resolve_device(args.device)
     train_config = TrainConfig(lr=2e-4, bf16=use_bf16(device), log_every=200, seed=0,
                                distribution_weight=args.distribution_weight,
@@ -405,6 +411,7 @@ def main() -> None:
                      "simulated_bias_field": "none (N4-corrected targets); sources get a "
                                              f"residual bias up to {data.residual_bias}",
                      "source_input": config.source_input,
+                     "fill_background": config.fill_background,
                      "thick_slice_blur": data.slice_blur,
                      **({"initialized_from": init,
                          "total_steps_including_initialization":

@@ -544,3 +544,74 @@ def test_harmonize_volume_levels_its_slices_unless_told_not_to():
     np.testing.assert_allclose(levelled, level_slices(raw, np.where(mask, volume, 0), mask),
                                atol=1e-6)
     assert not levelled[~mask].any()
+
+
+# ------------------------------------------------------------ background fill
+def _ball(shape=(20, 20, 12), radius=7.0):
+    grid = np.indices(shape).astype(float)
+    centre = (np.array(shape) - 1)[:, None, None, None] / 2
+    return np.sqrt(((grid - centre) ** 2).sum(0)) <= radius
+
+
+def test_fill_background_continues_the_brain_and_keeps_it():
+    from harmonize_bids.utils.background import fill_background
+
+    brain = _ball()
+    vol = np.where(brain, np.random.default_rng(0).uniform(0.5, 1.0, brain.shape), 0)
+    filled = fill_background(vol, brain, 2)
+    assert np.array_equal(filled[brain], vol[brain].astype(np.float32))  # the brain stays
+    ring = ~brain & (ndimage_distance(~brain) <= 2)
+    assert (filled[ring] >= 0.5).all()  # near background: brain values
+    assert (filled[~brain & (ndimage_distance(~brain) > 2)] == 0).all()  # farther: zero
+    assert np.array_equal(fill_background(vol, brain, 0), np.where(brain, vol, 0).astype(np.float32))
+    with pytest.raises(ValueError):
+        fill_background(vol, brain, -1)
+
+
+def ndimage_distance(outside):
+    from scipy import ndimage as ndi
+    return ndi.distance_transform_edt(outside)
+
+
+def test_model_config_checks_and_stores_fill_background():
+    with pytest.raises(ValueError):
+        ModelConfig(sites=("a",), fill_background=-1)
+    cfg = ModelConfig(sites=("a",), fill_background=3)
+    assert ModelConfig.from_dict(cfg.to_dict()).fill_background == 3
+    old = cfg.to_dict()
+    del old["fill_background"]  # a model saved before the option: zero background
+    assert ModelConfig.from_dict(old).fill_background == 0
+
+
+def test_paired_slices_fill_the_background_but_sample_only_brain_slices():
+    from harmonize_bids.training.data import PairedSlices
+
+    brain = _ball()
+    vols = {"x": {"s": np.where(brain, 0.8, 0).astype(np.float32),
+                  "t": np.where(brain, 0.6, 0).astype(np.float32)}}
+    zero = PairedSlices(vols, ["s", "t"], crop=(20, 20), augment=0.0, residual_bias=0.0,
+                        slice_blur=0.0)
+    filled = PairedSlices(vols, ["s", "t"], crop=(20, 20), augment=0.0, residual_bias=0.0,
+                          slice_blur=0.0, fill_background=3)
+    assert np.array_equal(zero.slices["x"], filled.slices["x"])
+    assert vols["x"]["s"][0, 0, 6] == 0  # the caller's volumes are not changed
+    b0, b1 = zero.sample(4, np.random.default_rng(0)), filled.sample(4, np.random.default_rng(0))
+    # same draws; with the fill, more of each crop holds the (constant) site value
+    assert (b1.target > 0).sum() > (b0.target > 0).sum()
+    assert set(np.unique(b1.target.numpy())) <= {0.0, np.float32(0.6), np.float32(0.8)}
+
+
+def test_harmonize_volume_feeds_the_filled_background_and_masks_the_output():
+    from harmonize_bids.diffusion.volume import harmonize_volume
+
+    brain = _ball((16, 16, 6), 5.0)
+    vol = np.where(brain, np.random.default_rng(1).uniform(0.3, 1.0, brain.shape), 0)
+    settings = SamplerSettings(steps=2)
+    outs = {}
+    for width in (0, 3):
+        model = tiny_model(fill_background=width).eval()
+        outs[width] = harmonize_volume(model, vol, brain, 0, settings, seed=0, level=False)
+        assert (outs[width][~brain] == 0).all()
+    # same weights (tiny_model seeds them), different input outside the brain: the
+    # brain's output changes near its edge
+    assert not np.allclose(outs[0][brain], outs[3][brain])

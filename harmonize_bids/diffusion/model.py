@@ -45,6 +45,10 @@ class ModelConfig:
     num_timesteps: int = 1000
     #: voxel size (mm) the model works at; template-space inputs are resampled to it
     voxel_mm: float = 2.0
+    #: background voxels within this many voxels of the brain take the nearest brain
+    #: value in training and at inference (:func:`harmonize_bids.utils.background.fill_background`);
+    #: 0: zero background (the bundled model)
+    fill_background: int = 0
     #: site -> tissue intensity landmarks of its images (:mod:`harmonize_bids.site_intensity`);
     #: data, not network: the participant level maps each output onto its target's
     site_landmarks: dict = field(default_factory=dict)
@@ -53,6 +57,8 @@ class ModelConfig:
     def __post_init__(self):
         if len(set(self.sites)) != len(self.sites) or not self.sites:
             raise ValueError(f"sites must be unique and non-empty: {self.sites}")
+        if int(self.fill_background) != self.fill_background or self.fill_background < 0:
+            raise ValueError(f"fill_background must be an integer >= 0, got {self.fill_background}")
         if self.prediction not in ("eps", "x0", "v"):
             raise ValueError(f"unknown prediction {self.prediction!r}")
         for name in ("sites", "channel_mults", "attention_levels"):

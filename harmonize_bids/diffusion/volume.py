@@ -3,7 +3,9 @@
 The volume is a brain in template space, intensity-normalized (99th
 percentile of the brain = 1), zero outside the mask.  Slices are batched
 (bounded by ``max_batch``); one initial noise image is shared by every slice.
-Each slice's overall intensity level is the model's estimate from that slice
+Models trained with ``ModelConfig.fill_background`` see the brain continued
+into the background (:mod:`harmonize_bids.utils.background`); the output is
+masked either way.  Each slice's overall intensity level is the model's estimate from that slice
 alone, so by default the volume is finished with
 :func:`harmonize_bids.postprocess.level_slices`, which removes the
 slice-to-slice level jitter (``docs/model.md``, "Decisions of session 17").
@@ -18,6 +20,7 @@ import torch
 from harmonize_bids.diffusion.model import HarmonizationModel
 from harmonize_bids.diffusion.sampler import SamplerSettings, harmonize_slices
 from harmonize_bids.postprocess import level_slices
+from harmonize_bids.utils.background import fill_background
 
 
 def slice_stacks(volume: np.ndarray, k: int) -> np.ndarray:
@@ -47,7 +50,8 @@ def harmonize_volume(model: HarmonizationModel, volume: np.ndarray, mask: np.nda
     k = model.config.context_slices
     mask = mask > 0
     brain = np.where(mask, volume, 0).astype(np.float32)
-    stacks = slice_stacks(brain, k)
+    # what the model was trained to see outside the brain (zero, or the brain continued)
+    stacks = slice_stacks(fill_background(volume, mask, model.config.fill_background), k)
     has_brain = np.nonzero(mask.sum(axis=(0, 1)) > 0)[0]
     out = np.zeros(volume.shape, np.float32)
     multiple = model.config.multiple

@@ -96,13 +96,25 @@ def thick_slice_blur(vol: np.ndarray, z: int, k: int, box: tuple[slice, slice],
     return block[:, :, margin:block.shape[2] - margin]
 
 
+def _filled(by_site: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
+    """One anatomy's volumes with the background filled around their common brain."""
+    from scipy import ndimage as ndi
+
+    from harmonize_bids.utils.background import fill_background
+
+    brain = np.any([v > 0 for v in by_site.values()], axis=0)
+    brain = ndi.binary_fill_holes(brain)
+    return {site: fill_background(v, brain, width) for site, v in by_site.items()}
+
+
 class PairedSlices:
     """Random paired batches from in-memory volumes (see module docstring)."""
 
     def __init__(self, volumes: dict[str, dict[str, np.ndarray]], target_sites: list[str],
                  *, context_slices: int = 1, crop: tuple[int, int] = (64, 64),
                  augment: float = 1.0, balance_target_sites: bool = True,
-                 residual_bias: float = 0.05, slice_blur: float = 0.25):
+                 residual_bias: float = 0.05, slice_blur: float = 0.25,
+                 fill_background: int = 0):
         self.volumes = volumes
         self.slice_blur = slice_blur
         self.residual_bias = residual_bias
@@ -121,6 +133,9 @@ class PairedSlices:
             ref = next(iter(volumes[anat].values()))
             has_brain = np.nonzero((ref > 0).sum(axis=(0, 1)) > 50)[0]
             self.slices[anat] = has_brain[(has_brain >= self.k) & (has_brain < ref.shape[2] - self.k)]
+        if fill_background:  # the brain (any site's non-zero voxels) continued outward
+            self.volumes = {anat: _filled(by_site, fill_background)
+                            for anat, by_site in volumes.items()}
         #: anatomies seen at each target site
         self.anatomies_at = {s: [a for a in self.anatomies if s in volumes[a]]
                              for s in self.target_sites}

@@ -147,7 +147,8 @@ def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path
         add_shifted_copies(volumes, masks, options.shifted_copies, rng,
                            (config.voxel_mm,) * 3)
     data = PairedSlices(volumes, list(sites), context_slices=config.context_slices,
-                        crop=(options.patch_size, options.patch_size))
+                        crop=(options.patch_size, options.patch_size),
+                        fill_background=config.fill_background)
     device = resolve_device(options.device)
     model = HarmonizationModel(config)
     # bf16 mixed precision where it is fast (GPUs that support it, CPUs with native bf16)
