@@ -20,7 +20,11 @@ Stages
    ``--n-random`` random protocols (sources only: domain randomization).  They are
    rendered without a bias field: the model sees N4-corrected images in the app, so
    its targets are bias-free, and the training sources get a small random residual
-   bias instead (:class:`~harmonize_bids.training.data.PairedSlices`).
+   bias instead (:class:`~harmonize_bids.training.data.PairedSlices`).  But N4 leaves
+   a radial residue that a bias-free render lacks (``docs/model.md``, "Decisions of
+   session 18"): ``--n4-renders`` renders with the protocols' bias fields and
+   N4-corrects every render with the participant level's settings instead, so that
+   sources and targets are what the app sees (``work/simulated_n4``).
 3. **Target-site tissue landmarks** (:mod:`harmonize_bids.site_intensity`): for
    each site of the model, the mean CSF/GM/WM intensity quantiles on the 5 % grid (the
    medians, quartiles and deciles among them) of what the app sees from that site: the
@@ -142,13 +146,15 @@ def n4_brain(t1w: Path, mask: np.ndarray) -> np.ndarray:
 
 
 def target_landmarks(work: Path, sim_dir: Path, ixi_vols: dict, ixi_masks: dict,
-                     every: int = 3) -> dict[str, list[float]]:
+                     every: int = 3, corrected: bool = False) -> dict[str, list[float]]:
     """Tissue landmarks of every model site, on the stored grid (cached in
-    ``work/site_landmarks_q19.json``)."""
+    ``work/site_landmarks_q19.json``; ``corrected``: the renders are N4-corrected
+    already, cached in ``work/site_landmarks_q19_n4renders.json``)."""
     from harmonize_bids.evaluation import read_simulated_dataset
     from harmonize_bids.site_intensity import STORED_PER_TISSUE, site_landmarks
+    from harmonize_bids.training.data import normalize_brain
 
-    cache = work / f"site_landmarks_q{STORED_PER_TISSUE}.json"
+    cache = work / f"site_landmarks_q{STORED_PER_TISSUE}{'_n4renders' if corrected else ''}.json"
     if cache.exists():
         return json.loads(cache.read_text())
     images = {IXI_SITE: [(v[IXI_SITE], ixi_masks[s]) for s, v in ixi_vols.items()]}
@@ -157,7 +163,9 @@ def target_landmarks(work: Path, sim_dir: Path, ixi_vols: dict, ixi_masks: dict,
     todo = [img for img in renders if img.site in SIM_TARGETS and img.anatomy in chosen]
     for k, img in enumerate(todo):
         mask = np.asarray(nb.load(img.brain_mask).dataobj) > 0
-        images.setdefault(img.site, []).append((n4_brain(img.t1w, mask), mask))
+        brain = (normalize_brain(np.asarray(nb.load(img.t1w).dataobj, np.float32), mask)
+                 if corrected else n4_brain(img.t1w, mask))
+        images.setdefault(img.site, []).append((brain, mask))
         log(f"landmarks: N4 {k + 1}/{len(todo)} ({img.anatomy}, {img.site})")
     landmarks = site_landmarks(images, STORED_PER_TISSUE)
     cache.write_text(json.dumps(landmarks, indent=1))
@@ -218,6 +226,10 @@ def main() -> None:
                         help="continue the brain this many voxels into the background in "
                              "training and at inference (ModelConfig.fill_background; 0: "
                              "zero background, as the bundled model; docs/model.md, session 18)")
+    parser.add_argument("--n4-renders", action="store_true",
+                        help="render the simulated sites with their bias fields and N4-correct "
+                             "them as the app does (work/simulated_n4), instead of bias-free "
+                             "renders (docs/model.md, session 18)")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start from this model's weights (same sites and network; "
                              "--source-input may add the source channels)")
@@ -260,14 +272,15 @@ def main() -> None:
     from harmonize_bids.simulate.dataset import make_traveling_dataset
     from harmonize_bids.simulate.protocols import PROTOCOLS, random_protocol
 
-    sim_dir = work / "simulated"
+    sim_dir = work / ("simulated_n4" if args.n4_renders else "simulated")
     labels = sorted(p for p in (SHARED / "synthseg-labels").glob("training_seg_*.nii.gz"))
     train_labels = labels[:args.n_labels]
     rng = np.random.default_rng(2024)
     randoms = [random_protocol(rng, f"random{i}") for i in range(args.n_random)]
     # bias-free renderings: what N4 gives the model in the app (see the docstring)
-    rendered = [dataclasses.replace(p, bias_strength=0.0)
-                for p in [PROTOCOLS[n] for n in SIM_TARGETS] + randoms]
+    protocols = [PROTOCOLS[n] for n in SIM_TARGETS] + randoms
+    rendered = protocols if args.n4_renders else [
+        dataclasses.replace(p, bias_strength=0.0) for p in protocols]
     t0 = time.monotonic()
     if not sim_dir.exists():
         label_dir = work / "labels_train"
@@ -275,11 +288,17 @@ def main() -> None:
         for p in train_labels:
             if not (label_dir / p.name).exists():
                 (label_dir / p.name).symlink_to(p)
-        make_traveling_dataset(label_dir, sim_dir, rendered,
-                               n_anatomies=args.n_anatomies, resolution_mm=2.0, seed=11,
-                               progress=log)
-        (work / "simulated_done").write_text(f"{time.monotonic() - t0:.0f}\n")
-    t_sim = stage_seconds(work / "simulated_done")
+        raw_dir = work / "simulated_biased" if args.n4_renders else sim_dir
+        if not raw_dir.exists():
+            make_traveling_dataset(label_dir, raw_dir, rendered,
+                                   n_anatomies=args.n_anatomies, resolution_mm=2.0, seed=11,
+                                   progress=log)
+        if args.n4_renders:  # as the app sees scans: biased, then its own N4
+            from harmonize_bids.evaluation import bias_corrected_copy
+
+            bias_corrected_copy(raw_dir, sim_dir, num_threads=args.threads, progress=log)
+        (work / f"{sim_dir.name}_done").write_text(f"{time.monotonic() - t0:.0f}\n")
+    t_sim = stage_seconds(work / f"{sim_dir.name}_done")
 
     # 3. target-site tissue landmarks (before the shifted copies: those are no site's images)
     train_ixi = [s for s, _ in subjects[:args.n_ixi]]
@@ -290,7 +309,7 @@ def main() -> None:
         landmarks = load_model(args.landmarks_from)[0].config.site_landmarks
         log(f"tissue landmarks of {sorted(landmarks)} from {args.landmarks_from}")
     else:
-        landmarks = target_landmarks(work, sim_dir, volumes, masks)
+        landmarks = target_landmarks(work, sim_dir, volumes, masks, corrected=args.n4_renders)
     if args.landmarks_only:
         write_landmarks(args.output, landmarks)
         return
@@ -408,8 +427,10 @@ def main() -> None:
                      "max_loss_weight": train_config.max_loss_weight,
                      "distribution_weight": train_config.distribution_weight,
                      "output_consistency_weight": train_config.output_consistency_weight,
-                     "simulated_bias_field": "none (N4-corrected targets); sources get a "
-                                             f"residual bias up to {data.residual_bias}",
+                     "simulated_bias_field": (
+                         "the protocols' own, then N4-corrected (--n4-renders)"
+                         if args.n4_renders else "none (bias-free renders)")
+                     + f"; sources get a residual bias up to {data.residual_bias}",
                      "source_input": config.source_input,
                      "fill_background": config.fill_background,
                      "thick_slice_blur": data.slice_blur,
