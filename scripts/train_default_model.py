@@ -166,7 +166,7 @@ def target_landmarks(work: Path, sim_dir: Path, ixi_vols: dict, ixi_masks: dict,
         brain = (normalize_brain(np.asarray(nb.load(img.t1w).dataobj, np.float32), mask)
                  if corrected else n4_brain(img.t1w, mask))
         images.setdefault(img.site, []).append((brain, mask))
-        log(f"landmarks: N4 {k + 1}/{len(todo)} ({img.anatomy}, {img.site})")
+        log(f"landmarks: {'' if corrected else 'N4 '}{k + 1}/{len(todo)} ({img.anatomy}, {img.site})")
     landmarks = site_landmarks(images, STORED_PER_TISSUE)
     cache.write_text(json.dumps(landmarks, indent=1))
     return landmarks
@@ -277,7 +277,7 @@ def main() -> None:
     train_labels = labels[:args.n_labels]
     rng = np.random.default_rng(2024)
     randoms = [random_protocol(rng, f"random{i}") for i in range(args.n_random)]
-    # bias-free renderings: what N4 gives the model in the app (see the docstring)
+    # bias-free renderings, or (--n4-renders) biased ones N4-corrected below (docstring)
     protocols = [PROTOCOLS[n] for n in SIM_TARGETS] + randoms
     rendered = protocols if args.n4_renders else [
         dataclasses.replace(p, bias_strength=0.0) for p in protocols]

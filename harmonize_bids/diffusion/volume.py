@@ -5,8 +5,8 @@ percentile of the brain = 1), zero outside the mask.  Slices are batched
 (bounded by ``max_batch``); one initial noise image is shared by every slice.
 Models trained with ``ModelConfig.fill_background`` see the brain continued
 into the background (:mod:`harmonize_bids.utils.background`); the output is
-masked either way.  Each slice's overall intensity level is the model's estimate from that slice
-alone, so by default the volume is finished with
+masked either way.  Each slice's overall intensity level is the model's
+estimate from that slice alone, so by default the volume is finished with
 :func:`harmonize_bids.postprocess.level_slices`, which removes the
 slice-to-slice level jitter (``docs/model.md``, "Decisions of session 17").
 """

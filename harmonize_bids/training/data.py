@@ -100,11 +100,11 @@ def _filled(by_site: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]
     """One anatomy's volumes with the background filled around their common brain."""
     from scipy import ndimage as ndi
 
-    from harmonize_bids.utils.background import fill_background
+    from harmonize_bids.utils.background import fill_background, nearest_brain
 
-    brain = np.any([v > 0 for v in by_site.values()], axis=0)
-    brain = ndi.binary_fill_holes(brain)
-    return {site: fill_background(v, brain, width) for site, v in by_site.items()}
+    brain = ndi.binary_fill_holes(np.any([v > 0 for v in by_site.values()], axis=0))
+    nearest = nearest_brain(brain, width)  # one distance transform for all sites
+    return {site: fill_background(v, brain, width, nearest) for site, v in by_site.items()}
 
 
 class PairedSlices:

@@ -15,9 +15,25 @@ import numpy as np
 from scipy import ndimage as ndi
 
 
-def fill_background(volume: np.ndarray, mask: np.ndarray, width: int) -> np.ndarray:
+def nearest_brain(mask: np.ndarray, width: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Where the fill goes (background within ``width`` voxels of ``mask``) and, for every
+    voxel, the index of its nearest in-mask voxel: computed once, applied to any number of
+    co-registered volumes (one anatomy at several sites)."""
+    mask = np.asarray(mask) > 0
+    if width < 0:
+        raise ValueError(f"width must be >= 0, got {width}")
+    if width == 0 or not mask.any() or mask.all():
+        return np.zeros(mask.shape, bool), tuple(np.indices(mask.shape))
+    distance, nearest = ndi.distance_transform_edt(~mask, return_indices=True)
+    return ~mask & (distance <= width), tuple(nearest)
+
+
+def fill_background(volume: np.ndarray, mask: np.ndarray, width: int,
+                    nearest: tuple[np.ndarray, tuple[np.ndarray, ...]] | None = None
+                    ) -> np.ndarray:
     """``volume`` with the background within ``width`` voxels of ``mask`` set to the
     nearest in-mask value (3D Euclidean); farther background and ``width == 0``: 0.
+    ``nearest``: :func:`nearest_brain` of the same mask and width, when already known.
 
     >>> v = np.zeros((1, 1, 6), np.float32); v[0, 0, 2:4] = [1, 2]
     >>> fill_background(v, v > 0, 2)[0, 0].tolist()
@@ -26,11 +42,8 @@ def fill_background(volume: np.ndarray, mask: np.ndarray, width: int) -> np.ndar
     [0.0, 1.0, 1.0, 2.0, 2.0, 0.0]
     """
     mask = np.asarray(mask) > 0
-    if width < 0:
-        raise ValueError(f"width must be >= 0, got {width}")
+    ring, index = nearest if nearest is not None else nearest_brain(mask, width)
     inside = np.where(mask, volume, 0).astype(np.float32)
-    if width == 0 or not mask.any() or mask.all():
+    if not ring.any():
         return inside
-    distance, nearest = ndi.distance_transform_edt(~mask, return_indices=True)
-    filled = volume[tuple(nearest)].astype(np.float32)
-    return np.where(mask, inside, np.where(distance <= width, filled, 0)).astype(np.float32)
+    return np.where(ring, volume[index], inside).astype(np.float32)
