@@ -105,3 +105,35 @@ def test_singularity_definition_passes_arguments_through():
     assert 'exec harmonize_bids "$@"' in text
     for section in ("%environment", "%runscript", "%labels", "%help"):
         assert section in text
+
+
+def _circleci_runner():
+    import importlib.util
+
+    path = REPO / "tests" / "container" / "circleci_test_job.py"
+    spec = importlib.util.spec_from_file_location("_circleci_test_job", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_local_circleci_runner_covers_the_real_test_job(circleci, tmp_path):
+    """tests/container/circleci_test_job.py runs the test job's own commands with podman:
+    every step but the workspace load must run, and none may touch the host's /tmp."""
+    import doctest
+
+    runner = _circleci_runner()
+    assert doctest.testmod(runner).failed == 0
+    steps = runner.job_commands(circleci)
+    names = [name for name, _ in steps]
+    assert set(runner.SKIPPED_STEPS) <= set(names)
+    run = [runner.localize(cmd, tmp_path) for name, cmd in steps
+           if name not in runner.SKIPPED_STEPS]
+    text = "\n".join(run)
+    assert "participant" in text and "group" in text and "expected_outputs.txt" in text
+    # the only /tmp left is the containers' own tmpfs
+    leftovers = re.findall(r"/tmp\S*", text.replace(str(tmp_path), "SCRATCH"))
+    assert set(leftovers) == {"/tmp"}, leftovers
+    # CircleCI's "Load the image" reads the workspace tarball, which does not exist here
+    skipped = [cmd for name, cmd in steps if name in runner.SKIPPED_STEPS]
+    assert all("image.tar.zst" in cmd for cmd in skipped)
