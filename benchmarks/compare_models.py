@@ -1,0 +1,163 @@
+#!/usr/bin/env python
+"""A few-minute A/B of model files on held-out traveling subjects, before any hour-long
+benchmark.
+
+For each model, each source site and the first ``--n-anatomies`` test anatomies of a
+``quality_vs_peers.py --out-dir`` (its N4-corrected ``test_n4/``), harmonize the source
+towards ``--target`` (in the test images' own RAS grid, not the app's template space;
+S = 5 x 2, the model's tissue landmarks matched, as the default) and score it against
+the true target image: SSIM, PSNR, tissue Dice (label map), agreement with the truth's
+own 3-class segmentation, the coarse error band and the depth x tissue part
+(``error_bands.py``), and the mean WM/GM error by depth below the brain's surface.
+"none" (the source itself) and the target's rescan (the ceiling) are scored alike.
+
+    python benchmarks/compare_models.py --out-dir /tmp/hb_q17 --target siemens3tmprage \\
+        --sources philips3ttfe ge15tspgr --n-anatomies 3 \\
+        --models bundled ft_ctrl=/tmp/hb_small/ft_ctrl.safetensors \\
+        --results benchmarks/results/compare_models.md
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from error_bands import DEPTH_NAMES, depth_parts, error_parts  # noqa: E402
+from train_simulated import ras_volumes  # noqa: E402
+
+COLUMNS = ("SSIM", "PSNR", "Dice", "agreement", "coarse", "depth x tissue")
+
+
+def parse_models(specs: list[str]) -> dict[str, str | None]:
+    """``NAME=PATH`` (or ``bundled``) -> {name: path; None for the bundled model}.
+
+    >>> parse_models(["bundled", "ft=/m/ft.safetensors"])
+    {'bundled': None, 'ft': '/m/ft.safetensors'}
+    """
+    out: dict[str, str | None] = {}
+    for spec in specs:
+        name, _, path = spec.partition("=")
+        if not path and name != "bundled":
+            raise SystemExit(f"--models: {spec!r} is not NAME=PATH (or 'bundled')")
+        out[name] = path or None
+    return out
+
+
+def agreement(image: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
+    """Mean Dice over CSF/GM/WM between the image's and the truth's own 3-class
+    segmentation (what ``tissue_agreement.py`` scores): anatomy, not contrast."""
+    from harmonize_bids import metrics
+
+    seg_i = metrics.tissue_segmentation(image, mask)
+    seg_t = metrics.tissue_segmentation(truth, mask)
+    return float(np.mean([metrics.dice((seg_i == k) & mask, (seg_t == k) & mask)
+                          for k in (1, 2, 3)]))
+
+
+def score(image: np.ndarray, truth: np.ndarray, mask: np.ndarray, labels: np.ndarray) -> list:
+    """One row: :data:`COLUMNS` then the WM and GM depth profiles (fractions)."""
+    from harmonize_bids import metrics
+
+    r = metrics.compare(image, truth, mask, labels)
+    d = depth_parts(image, truth, mask, labels)
+    e = error_parts(image, truth, mask)
+    return [r["ssim"], r["psnr"], r["tissue_dice"], agreement(image, truth, mask),
+            e["coarse"] * 1e4, d["depth x tissue"] * 1e4, *d["wm"], *d["gm"]]
+
+
+def table(rows: dict[tuple[str, str], list[list[float]]], sources: list[str]) -> str:
+    """Markdown: one line per source and method, means over anatomies."""
+    n = len(DEPTH_NAMES)
+    head = ("| source | method | SSIM | PSNR | tissue Dice | agreement | coarse | depth x tissue "
+            f"| WM by depth ({', '.join(DEPTH_NAMES)} vox), % | GM by depth, % |")
+    lines = [head, "|" + "---|" * 10]
+    for src in sources + ["(rescan)"]:
+        for (method, s), vals in rows.items():
+            if s != src:
+                continue
+            v = np.nanmean(np.asarray(vals, float), axis=0)
+            wm = " ".join(f"{100 * x:+.1f}" for x in v[6:6 + n])
+            gm = " ".join(f"{100 * x:+.1f}" for x in v[6 + n:6 + 2 * n])
+            lines.append(f"| {src} | {method} | {v[0]:.3f} | {v[1]:.2f} | {v[2]:.3f} | "
+                         f"{v[3]:.3f} | {v[4]:.1f} | {v[5]:.1f} | {wm} | {gm} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out-dir", type=Path, required=True,
+                        help="a quality_vs_peers.py --out-dir (its test_n4/ is used)")
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--sources", nargs="+", required=True)
+    parser.add_argument("--models", nargs="+", required=True, help="bundled and/or NAME=PATH")
+    parser.add_argument("--n-anatomies", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args()
+
+    import torch
+
+    from harmonize_bids.diffusion.checkpoint import bundled_model, load_model
+    from harmonize_bids.diffusion.schedule import SamplerSettings
+    from harmonize_bids.diffusion.volume import harmonize_volume
+    from harmonize_bids.evaluation import read_simulated_dataset
+    from harmonize_bids.site_intensity import match_landmarks, target_landmarks
+
+    torch.set_num_threads(args.threads)
+    models = parse_models(args.models)
+    test = args.out_dir / "test_n4"
+    vols, masks = ras_volumes(test)
+    by: dict = defaultdict(dict)
+    for img in read_simulated_dataset(test):
+        by[img.anatomy][img.site] = img
+    anatomies = sorted(by)[:args.n_anatomies]
+
+    def ras(path) -> np.ndarray:
+        return np.asarray(nb.as_closest_canonical(nb.load(str(path))).dataobj, np.float32)
+
+    rows: dict[tuple[str, str], list] = defaultdict(list)
+    t0 = time.monotonic()
+    for a in anatomies:
+        truth_img = by[a][args.target]
+        truth, labels, mask = ras(truth_img.t1w), ras(truth_img.dseg), masks[a]
+        for src in args.sources:
+            rows[("none", src)].append(score(vols[a][src], truth, mask, labels))
+        if truth_img.rescan is not None:
+            rows[("rescan", "(rescan)")].append(score(ras(truth_img.rescan), truth, mask, labels))
+    for name, path in models.items():
+        model, _ = load_model(path or bundled_model())
+        model.eval()
+        site = model.config.site_index(args.target)
+        landmarks = target_landmarks(model.config, args.target, "vigintiles")
+        for a in anatomies:
+            truth_img = by[a][args.target]
+            truth, labels, mask = ras(truth_img.t1w), ras(truth_img.dseg), masks[a]
+            for src in args.sources:
+                out = harmonize_volume(model, vols[a][src], mask, site,
+                                       SamplerSettings(steps=5, samples=2), seed=0)
+                out = match_landmarks(out, mask, landmarks)
+                rows[(name, src)].append(score(out, truth, mask, labels))
+            print(f"[{time.monotonic() - t0:5.0f} s] {name}: {a}", flush=True)
+
+    text = table(dict(rows), args.sources)
+    print(text)
+    if args.results:
+        header = [f"# Model A/B towards `{args.target}`", "",
+                  f"`python benchmarks/compare_models.py {' '.join(sys.argv[1:])}`", "",
+                  f"{datetime.date.today()}, {platform.node()}, {args.threads} threads, "
+                  f"{time.monotonic() - t0:.0f} s; anatomies: {', '.join(anatomies)}.",
+                  "Coarse and depth x tissue: mean squared error x 10^4 (error_bands.py); "
+                  "WM/GM: mean error by depth below the brain's surface, % of the range.", "", ""]
+        args.results.write_text("\n".join(header) + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
