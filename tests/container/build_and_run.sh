@@ -21,6 +21,8 @@
 # The CUDA flavour (FLAVOR=cuda), session 18 at b1eec94, base image cached, no GPU here:
 # 563 s in all (build 460 s, pulling PyPI's torch 2.13.0+cu130 and its nvidia-* wheels,
 # ~3 GB, fast here; the participant job on the CPU inside it 86 s); image 6.2 GB.
+# Session 19 at 5344ab2, torch layer not cached: 242 s in all; then
+# tests/container/circleci_test_job.py ran the CircleCI test job against the image (158 s).
 # Not part of .ci/run (CI's 2 cores are better spent on the test suite); CircleCI
 # builds and runs the image with Docker on every push.
 set -euo pipefail
