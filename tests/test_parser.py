@@ -183,3 +183,20 @@ def test_slice_levelling_is_on_unless_switched_off(extra, level, tmp_path):
     bids.mkdir()
     s = parse_args([str(bids), str(tmp_path / "out"), "participant", *extra])
     assert s.level_slices is level
+
+
+def test_omp_nthreads_drives_the_workers_thread_environment(monkeypatch, tmp_path):
+    """--omp-nthreads reaches OMP_NUM_THREADS and ITK's thread count in the environment
+    nipype's workers inherit, and the caller's environment comes back afterwards."""
+    import os
+
+    from harmonize_bids.cli.run import thread_environment
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", raising=False)
+    with thread_environment(3, tmp_path):
+        assert os.environ["OMP_NUM_THREADS"] == "3"
+        assert os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] == "3"
+        assert os.environ["NIPYPE_CONFIG_DIR"] == str(tmp_path)
+    assert os.environ["OMP_NUM_THREADS"] == "7"
+    assert "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS" not in os.environ
