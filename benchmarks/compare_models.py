@@ -101,6 +101,9 @@ def main() -> None:
     parser.add_argument("--n-anatomies", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--save-dir", type=Path, default=None,
+                        help="also keep each output as SAVE_DIR/MODEL/ANATOMY_from-SOURCE.nii.gz "
+                             "(RAS, the truth's grid) for further analysis")
     args = parser.parse_args()
 
     import torch
@@ -144,6 +147,11 @@ def main() -> None:
                 out = harmonize_volume(model, vols[a][src], mask, site,
                                        SamplerSettings(steps=5, samples=2), seed=0)
                 out = match_landmarks(out, mask, landmarks)
+                if args.save_dir:
+                    dest = args.save_dir / name / f"{a}_from-{src}.nii.gz"
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    affine = nb.as_closest_canonical(nb.load(str(truth_img.t1w))).affine
+                    nb.save(nb.Nifti1Image(out.astype(np.float32), affine), str(dest))
                 rows[(name, src)].append(score(out, truth, mask, labels))
             print(f"[{time.monotonic() - t0:5.0f} s] {name}: {a}", flush=True)
 

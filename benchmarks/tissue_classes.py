@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Per-class tissue Dice and class shares of outputs kept by ``compare_models.py --save-dir``.
+
+The tissue Dice of every table is the mean over CSF, GM and WM of the 3-class
+segmentation of an image (``metrics.tissue_segmentation``) against the label map.
+This splits it per class and prints the share of brain voxels each segmentation puts
+in each class, for each saved output, its source ("none"), the true target image
+("truth") and the label map itself ("labels"): a contrast that moves the GM/WM
+boundary shows as a shifted share.
+
+    python benchmarks/tissue_classes.py --out-dir /tmp/hb_q17 --target siemens3tmprage \\
+        --saved /tmp/compare_outputs
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_simulated import ras_volumes  # noqa: E402
+
+
+def class_row(image: np.ndarray | None, mask: np.ndarray, labels: np.ndarray) -> list[float]:
+    """Dice CSF, GM, WM, their mean, then the shares of CSF, GM, WM (``image=None``:
+    the label map's own shares, Dice 1).
+
+    >>> m = np.ones((8, 8, 8), bool); lab = np.repeat([1, 2, 3, 3], 2)[:, None, None] * m
+    >>> class_row(None, m, lab)
+    [1.0, 1.0, 1.0, 1.0, 0.25, 0.25, 0.5]
+    """
+    from harmonize_bids import metrics
+
+    if image is None:
+        return [1.0] * 4 + [float(np.mean(labels[mask] == k)) for k in (1, 2, 3)]
+    d = metrics.tissue_dice(image, mask, labels)
+    seg = metrics.tissue_segmentation(image, mask)
+    return [d["csf"], d["gm"], d["wm"], d["mean"],
+            *[float(np.mean(seg[mask] == k)) for k in (1, 2, 3)]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out-dir", type=Path, required=True,
+                        help="the quality_vs_peers.py --out-dir compare_models.py read")
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--saved", type=Path, required=True,
+                        help="compare_models.py --save-dir (MODEL/ANATOMY_from-SOURCE.nii.gz)")
+    args = parser.parse_args()
+
+    from harmonize_bids.evaluation import read_simulated_dataset
+
+    test = args.out_dir / "test_n4"
+    vols, masks = ras_volumes(test)
+    by: dict = defaultdict(dict)
+    for img in read_simulated_dataset(test):
+        by[img.anatomy][img.site] = img
+
+    def ras(path) -> np.ndarray:
+        return np.asarray(nb.as_closest_canonical(nb.load(str(path))).dataobj, np.float32)
+
+    rows: dict[tuple[str, str], list] = defaultdict(list)
+    done: set[tuple[str, str]] = set()
+    for path in sorted(args.saved.glob("*/*_from-*.nii.gz")):
+        anatomy, source = path.name[:-len(".nii.gz")].split("_from-")
+        truth = by[anatomy][args.target]
+        mask, labels = masks[anatomy], ras(truth.dseg)
+        rows[(source, path.parent.name)].append(class_row(ras(path), mask, labels))
+        if (anatomy, source) not in done:  # the references once per anatomy and source
+            done.add((anatomy, source))
+            rows[(source, "none")].append(class_row(vols[anatomy][source], mask, labels))
+            rows[(source, "truth")].append(class_row(ras(truth.t1w), mask, labels))
+            rows[(source, "labels")].append(class_row(None, mask, labels))
+    print("| source | image | Dice CSF | Dice GM | Dice WM | mean | share CSF | share GM "
+          "| share WM |\n|" + "---|" * 9)
+    for (source, name), vals in sorted(rows.items()):
+        v = np.mean(vals, axis=0)
+        print(f"| {source} | {name} | " + " | ".join(f"{x:.3f}" for x in v) + " |")
+
+
+if __name__ == "__main__":
+    main()
