@@ -10,6 +10,13 @@ boundary shows as a shifted share.
 
     python benchmarks/tissue_classes.py --out-dir /tmp/hb_q17 --target siemens3tmprage \\
         --saved /tmp/compare_outputs
+
+``--renders DIR [DIR ...]`` instead scores the images of simulated datasets (e.g. a
+training set's bias-free ``simulated/`` against its N4-corrected ``simulated_n4/``)
+at ``--target``, first ``--n-anatomies`` label-map anatomies (no deformed variants):
+
+    python benchmarks/tissue_classes.py --target siemens3tmprage \\
+        --renders /tmp/hb_small/simulated /tmp/hb_small/simulated_n4
 """
 from __future__ import annotations
 
@@ -43,16 +50,43 @@ def class_row(image: np.ndarray | None, mask: np.ndarray, labels: np.ndarray) ->
             *[float(np.mean(seg[mask] == k)) for k in (1, 2, 3)]]
 
 
+def _ras(path) -> np.ndarray:
+    return np.asarray(nb.as_closest_canonical(nb.load(str(path))).dataobj, np.float32)
+
+
+def print_renders(datasets: list[Path], site: str, n_anatomies: int) -> None:
+    """One row per dataset: the mean class row of its ``site`` images."""
+    from harmonize_bids.evaluation import read_simulated_dataset
+
+    print("| dataset | images | Dice CSF | Dice GM | Dice WM | mean | share CSF | share GM "
+          "| share WM |\n|" + "---|" * 9)
+    for ds in datasets:
+        images = [i for i in read_simulated_dataset(ds)
+                  if i.site == site and "-v" not in i.anatomy][:n_anatomies]
+        rows = [class_row(_ras(i.t1w), _ras(i.brain_mask) > 0, _ras(i.dseg)) for i in images]
+        v = np.mean(rows, axis=0)
+        print(f"| {ds} | {len(rows)} | " + " | ".join(f"{x:.3f}" for x in v) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out-dir", type=Path, required=True,
+    parser.add_argument("--out-dir", type=Path,
                         help="the quality_vs_peers.py --out-dir compare_models.py read")
     parser.add_argument("--target", required=True)
-    parser.add_argument("--saved", type=Path, required=True,
+    parser.add_argument("--saved", type=Path,
                         help="compare_models.py --save-dir (MODEL/ANATOMY_from-SOURCE.nii.gz)")
+    parser.add_argument("--renders", type=Path, nargs="+",
+                        help="instead: simulated datasets whose --target images to score")
+    parser.add_argument("--n-anatomies", type=int, default=6)
     args = parser.parse_args()
 
     from harmonize_bids.evaluation import read_simulated_dataset
+
+    if args.renders:
+        print_renders(args.renders, args.target, args.n_anatomies)
+        return
+    if not (args.out_dir and args.saved):
+        parser.error("--out-dir and --saved are required (or --renders)")
 
     test = args.out_dir / "test_n4"
     vols, masks = ras_volumes(test)
@@ -60,9 +94,7 @@ def main() -> None:
     for img in read_simulated_dataset(test):
         by[img.anatomy][img.site] = img
 
-    def ras(path) -> np.ndarray:
-        return np.asarray(nb.as_closest_canonical(nb.load(str(path))).dataobj, np.float32)
-
+    ras = _ras
     rows: dict[tuple[str, str], list] = defaultdict(list)
     done: set[tuple[str, str]] = set()
     for path in sorted(args.saved.glob("*/*_from-*.nii.gz")):
