@@ -7,8 +7,9 @@ For each model, each source site and the first ``--n-anatomies`` test anatomies 
 towards ``--target`` (in the test images' own RAS grid, not the app's template space;
 S = 5 x 2, slices levelled, the model's tissue landmarks matched: the app's default)
 and score it against the true target image: SSIM, PSNR, tissue Dice (label map),
-agreement with the truth's own 3-class segmentation, the coarse error band and the depth x tissue part
-(``error_bands.py``), and the mean WM/GM error by depth below the brain's surface.
+agreement with the truth's own 3-class segmentation, the coarse error band and the
+depth x tissue part (``error_bands.py``), and the mean WM/GM error by depth below the
+brain's surface.
 "none" (the source itself) and the target's rescan (the ceiling) are scored alike.
 
     python benchmarks/compare_models.py --out-dir /tmp/hb_q17 --target siemens3tmprage \\
