@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from error_bands import DEPTH_NAMES, depth_parts, error_parts  # noqa: E402
-from train_simulated import ras_volumes  # noqa: E402
+from train_simulated import load_ras, ras_volumes  # noqa: E402
 
 COLUMNS = ("SSIM", "PSNR", "Dice", "agreement", "coarse", "depth x tissue")
 
@@ -52,25 +52,20 @@ def parse_models(specs: list[str]) -> dict[str, str | None]:
     return out
 
 
-def agreement(image: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
-    """Mean Dice over CSF/GM/WM between the image's and the truth's own 3-class
-    segmentation (what ``tissue_agreement.py`` scores): anatomy, not contrast."""
-    from harmonize_bids import metrics
+def score(image: np.ndarray, truth: np.ndarray, mask: np.ndarray, labels: np.ndarray,
+          truth_classes: np.ndarray) -> list:
+    """One row: :data:`COLUMNS` then the WM and GM depth profiles (fractions).
 
-    seg_i = metrics.tissue_segmentation(image, mask)
-    seg_t = metrics.tissue_segmentation(truth, mask)
-    return float(np.mean([metrics.dice((seg_i == k) & mask, (seg_t == k) & mask)
-                          for k in (1, 2, 3)]))
-
-
-def score(image: np.ndarray, truth: np.ndarray, mask: np.ndarray, labels: np.ndarray) -> list:
-    """One row: :data:`COLUMNS` then the WM and GM depth profiles (fractions)."""
+    ``truth_classes``: the truth's own 3-class segmentation, against which the
+    image's segmentation is scored for "agreement" (anatomy, not contrast; what
+    ``tissue_agreement.py`` scores)."""
     from harmonize_bids import metrics
 
     r = metrics.compare(image, truth, mask, labels)
     d = depth_parts(image, truth, mask, labels)
     e = error_parts(image, truth, mask)
-    return [r["ssim"], r["psnr"], r["tissue_dice"], agreement(image, truth, mask),
+    agreement = metrics.tissue_dice(image, mask, truth_classes)["mean"]
+    return [r["ssim"], r["psnr"], r["tissue_dice"], agreement,
             e["coarse"] * 1e4, d["depth x tissue"] * 1e4, *d["wm"], *d["gm"]]
 
 
@@ -109,6 +104,7 @@ def main() -> None:
 
     import torch
 
+    from harmonize_bids import metrics
     from harmonize_bids.diffusion.checkpoint import bundled_model, load_model
     from harmonize_bids.diffusion.schedule import SamplerSettings
     from harmonize_bids.diffusion.volume import harmonize_volume
@@ -124,26 +120,33 @@ def main() -> None:
         by[img.anatomy][img.site] = img
     anatomies = sorted(by)[:args.n_anatomies]
 
-    def ras(path) -> np.ndarray:
-        return np.asarray(nb.as_closest_canonical(nb.load(str(path))).dataobj, np.float32)
+    # the truth of each anatomy at the target, read and segmented once
+    refs = {}
+    for a in anatomies:
+        truth_img = by[a][args.target]
+        truth = load_ras(truth_img.t1w)
+        refs[a] = (truth, load_ras(truth_img.dseg),
+                   metrics.tissue_segmentation(truth, masks[a]),
+                   nb.as_closest_canonical(nb.load(str(truth_img.t1w))).affine)
 
     rows: dict[tuple[str, str], list] = defaultdict(list)
     t0 = time.monotonic()
     for a in anatomies:
-        truth_img = by[a][args.target]
-        truth, labels, mask = ras(truth_img.t1w), ras(truth_img.dseg), masks[a]
+        truth, labels, classes, _ = refs[a]
         for src in args.sources:
-            rows[("none", src)].append(score(vols[a][src], truth, mask, labels))
-        if truth_img.rescan is not None:
-            rows[("rescan", "(rescan)")].append(score(ras(truth_img.rescan), truth, mask, labels))
+            rows[("none", src)].append(score(vols[a][src], truth, masks[a], labels, classes))
+        rescan = by[a][args.target].rescan
+        if rescan is not None:
+            rows[("rescan", "(rescan)")].append(
+                score(load_ras(rescan), truth, masks[a], labels, classes))
     for name, path in models.items():
         model, _ = load_model(path or bundled_model())
         model.eval()
         site = model.config.site_index(args.target)
         landmarks = target_landmarks(model.config, args.target, "vigintiles")
         for a in anatomies:
-            truth_img = by[a][args.target]
-            truth, labels, mask = ras(truth_img.t1w), ras(truth_img.dseg), masks[a]
+            truth, labels, classes, affine = refs[a]
+            mask = masks[a]
             for src in args.sources:
                 out = harmonize_volume(model, vols[a][src], mask, site,
                                        SamplerSettings(steps=5, samples=2), seed=0)
@@ -151,9 +154,8 @@ def main() -> None:
                 if args.save_dir:
                     dest = args.save_dir / name / f"{a}_from-{src}.nii.gz"
                     dest.parent.mkdir(parents=True, exist_ok=True)
-                    affine = nb.as_closest_canonical(nb.load(str(truth_img.t1w))).affine
                     nb.save(nb.Nifti1Image(out.astype(np.float32), affine), str(dest))
-                rows[(name, src)].append(score(out, truth, mask, labels))
+                rows[(name, src)].append(score(out, truth, mask, labels, classes))
             print(f"[{time.monotonic() - t0:5.0f} s] {name}: {a}", flush=True)
 
     text = table(dict(rows), args.sources)

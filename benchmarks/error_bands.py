@@ -41,7 +41,6 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import nibabel as nb
 import numpy as np
 
 COLUMNS = ("total", "coarse", "middle", "fine", "slice levels", "slice jumps")
@@ -145,8 +144,7 @@ def main() -> None:
     for img in images:
         by_anatomy[img.anatomy][img.site] = img
 
-    def ras(path: Path) -> np.ndarray:
-        return np.asarray(nb.as_closest_canonical(nb.load(path)).dataobj, np.float32)
+    from train_simulated import load_ras as ras
 
     parts: dict[tuple[str, str], list[dict]] = defaultdict(list)
     depths: dict[tuple[str, str], list[dict]] = defaultdict(list)

@@ -25,11 +25,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import nibabel as nb
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_simulated import ras_volumes  # noqa: E402
+from train_simulated import load_ras, ras_volumes  # noqa: E402
 
 
 def class_row(image: np.ndarray | None, mask: np.ndarray, labels: np.ndarray) -> list[float]:
@@ -50,10 +49,6 @@ def class_row(image: np.ndarray | None, mask: np.ndarray, labels: np.ndarray) ->
             *[float(np.mean(seg[mask] == k)) for k in (1, 2, 3)]]
 
 
-def _ras(path) -> np.ndarray:
-    return np.asarray(nb.as_closest_canonical(nb.load(str(path))).dataobj, np.float32)
-
-
 def print_renders(datasets: list[Path], site: str, n_anatomies: int) -> None:
     """One row per dataset: the mean class row of its ``site`` images."""
     from harmonize_bids.evaluation import read_simulated_dataset
@@ -63,7 +58,8 @@ def print_renders(datasets: list[Path], site: str, n_anatomies: int) -> None:
     for ds in datasets:
         images = [i for i in read_simulated_dataset(ds)
                   if i.site == site and "-v" not in i.anatomy][:n_anatomies]
-        rows = [class_row(_ras(i.t1w), _ras(i.brain_mask) > 0, _ras(i.dseg)) for i in images]
+        rows = [class_row(load_ras(i.t1w), load_ras(i.brain_mask) > 0, load_ras(i.dseg))
+                for i in images]
         v = np.mean(rows, axis=0)
         print(f"| {ds} | {len(rows)} | " + " | ".join(f"{x:.3f}" for x in v) + " |")
 
@@ -94,18 +90,17 @@ def main() -> None:
     for img in read_simulated_dataset(test):
         by[img.anatomy][img.site] = img
 
-    ras = _ras
     rows: dict[tuple[str, str], list] = defaultdict(list)
     done: set[tuple[str, str]] = set()
     for path in sorted(args.saved.glob("*/*_from-*.nii.gz")):
         anatomy, source = path.name[:-len(".nii.gz")].split("_from-")
         truth = by[anatomy][args.target]
-        mask, labels = masks[anatomy], ras(truth.dseg)
-        rows[(source, path.parent.name)].append(class_row(ras(path), mask, labels))
+        mask, labels = masks[anatomy], load_ras(truth.dseg)
+        rows[(source, path.parent.name)].append(class_row(load_ras(path), mask, labels))
         if (anatomy, source) not in done:  # the references once per anatomy and source
             done.add((anatomy, source))
             rows[(source, "none")].append(class_row(vols[anatomy][source], mask, labels))
-            rows[(source, "truth")].append(class_row(ras(truth.t1w), mask, labels))
+            rows[(source, "truth")].append(class_row(load_ras(truth.t1w), mask, labels))
             rows[(source, "labels")].append(class_row(None, mask, labels))
     print("| source | image | Dice CSF | Dice GM | Dice WM | mean | share CSF | share GM "
           "| share WM |\n|" + "---|" * 9)

@@ -41,6 +41,11 @@ def subset_dir(labels: Path, names: list[str], dest: Path) -> Path:
     return dest
 
 
+def load_ras(path) -> np.ndarray:
+    """An image's data in RAS orientation (``nb.as_closest_canonical``), float32."""
+    return np.asarray(nb.as_closest_canonical(nb.load(str(path))).dataobj, np.float32)
+
+
 def ras_volumes(bids_dir: Path):
     """{anatomy: {site: normalized RAS brain}}, plus RAS masks and the raw records."""
     from harmonize_bids.evaluation import read_simulated_dataset
