@@ -18,12 +18,13 @@ from scipy import ndimage as ndi
 def nearest_brain(mask: np.ndarray, width: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     """Where the fill goes (background within ``width`` voxels of ``mask``) and, for every
     voxel, the index of its nearest in-mask voxel: computed once, applied to any number of
-    co-registered volumes (one anatomy at several sites)."""
+    co-registered volumes (one anatomy at several sites).  Nothing to fill (``width``
+    0, an empty or a full mask): an empty ring and no index."""
     mask = np.asarray(mask) > 0
     if width < 0:
         raise ValueError(f"width must be >= 0, got {width}")
     if width == 0 or not mask.any() or mask.all():
-        return np.zeros(mask.shape, bool), tuple(np.indices(mask.shape))
+        return np.zeros(mask.shape, bool), ()
     distance, nearest = ndi.distance_transform_edt(~mask, return_indices=True)
     return ~mask & (distance <= width), tuple(nearest)
 
@@ -42,8 +43,12 @@ def fill_background(volume: np.ndarray, mask: np.ndarray, width: int,
     [0.0, 1.0, 1.0, 2.0, 2.0, 0.0]
     """
     mask = np.asarray(mask) > 0
-    ring, index = nearest if nearest is not None else nearest_brain(mask, width)
+    if width < 0:
+        raise ValueError(f"width must be >= 0, got {width}")
     inside = np.where(mask, volume, 0).astype(np.float32)
+    if width == 0:  # the zero background of the bundled model: no distance transform
+        return inside
+    ring, index = nearest if nearest is not None else nearest_brain(mask, width)
     if not ring.any():
         return inside
     return np.where(ring, volume[index], inside).astype(np.float32)
