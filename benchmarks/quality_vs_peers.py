@@ -250,18 +250,22 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
     return tables, held_out
 
 
-def n4_array(image: np.ndarray, voxel_mm: float) -> np.ndarray:
-    """N4 (the participant level's settings) of an array on an isotropic grid."""
+def n4_array(image: np.ndarray, voxel_mm: float, mask: np.ndarray) -> np.ndarray:
+    """N4 (the participant level's settings: the field fitted inside ``mask`` when it
+    fits it inside the brain) of an array on an isotropic grid."""
     import tempfile
 
     from harmonize_bids.interfaces.ants import n4_correct
     from harmonize_bids.workflows.anatomical import AntsSettings
 
     settings = AntsSettings.for_run(sloppy=False)
+    affine = np.diag([voxel_mm] * 3 + [1.0])
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "image.nii.gz"
-        nb.Nifti1Image(image.astype(np.float32), np.diag([voxel_mm] * 3 + [1.0])).to_filename(path)
-        n4_correct(path, path, grid_mm=settings.n4_grid_mm, iterations=settings.n4_iterations)
+        path, mask_path = Path(tmp) / "image.nii.gz", Path(tmp) / "mask.nii.gz"
+        nb.Nifti1Image(image.astype(np.float32), affine).to_filename(path)
+        nb.Nifti1Image((mask > 0).astype(np.uint8), affine).to_filename(mask_path)
+        n4_correct(path, path, grid_mm=settings.n4_grid_mm, iterations=settings.n4_iterations,
+                   mask=mask_path if settings.n4_in_brain else None)
         return load(path)
 
 
@@ -300,7 +304,7 @@ def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int,
             shifted = shift_real_image(truth, mask, protocol, rng,
                                        spacing_mm=(model.config.voxel_mm,) * 3)
             # as in the app, the harmonizer (and every peer) sees the N4-corrected scan
-            src = normalize_brain(n4_array(shifted, model.config.voxel_mm), mask)
+            src = normalize_brain(n4_array(shifted, model.config.voxel_mm, mask), mask)
             candidates = {"no harmonization": lambda: src}
             for name, fn in peers.items():
                 candidates[name] = (lambda fn=fn, name=name: fn(

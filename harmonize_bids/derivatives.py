@@ -48,7 +48,8 @@ OUTPUTS: dict[str, OutputSpec] = {
     "t1w_preproc": OutputSpec(
         {"desc": "preproc", "suffix": "T1w", "extension": ".nii.gz"},
         {"SkullStripped": False,
-         "Description": "T1w reoriented to RAS and corrected for intensity non-uniformity (ANTs N4)."},
+         "Description": "T1w reoriented to RAS and corrected for intensity non-uniformity (ANTs N4; "
+                        "the field fitted inside the brain mask)."},
     ),
     "brain_mask": OutputSpec(
         {"desc": "brain", "suffix": "mask", "extension": ".nii.gz"},

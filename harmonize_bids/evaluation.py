@@ -73,7 +73,9 @@ def bias_corrected_copy(bids_dir: Path, dest: Path, *, sloppy: bool = False,
                         num_threads: int = 1,
                         progress: Callable[[str], None] = lambda msg: None) -> Path:
     """A copy of a simulated dataset whose T1w images (and rescans) are N4-corrected
-    with the participant level's own settings, as the app would see them.
+    with the participant level's own settings, as the app would see them (with
+    ``n4_in_brain``, the field fitted inside the exact brain mask, where the app
+    uses its own brain extraction's).
 
     The bias field is random per acquisition and the app removes it before it
     harmonizes, so a fair truth is the target-site image after the same N4.
@@ -98,7 +100,9 @@ def bias_corrected_copy(bids_dir: Path, dest: Path, *, sloppy: bool = False,
             for path in (img.t1w, img.rescan):
                 if path is not None:
                     n4_correct(path, path, grid_mm=settings.n4_grid_mm,
-                               iterations=settings.n4_iterations, num_threads=num_threads)
+                               iterations=settings.n4_iterations,
+                               mask=img.brain_mask if settings.n4_in_brain else None,
+                               num_threads=num_threads)
             progress(f"[{k + 1}/{len(images)}] N4: sub-{img.participant}")
         tmp.rename(dest)
     except BaseException:

@@ -129,8 +129,9 @@ def simulated_volumes(sim_dir: Path):
     return vols, masks
 
 
-def n4_brain(t1w: Path, mask: np.ndarray) -> np.ndarray:
-    """The participant level's N4 of a whole-head image, then its normalized brain."""
+def n4_brain(t1w: Path, mask: np.ndarray, mask_file: Path) -> np.ndarray:
+    """The participant level's N4 of a whole-head image (its field fitted inside
+    ``mask_file`` when the participant level does so), then its normalized brain."""
     import tempfile
 
     from harmonize_bids.interfaces.ants import n4_correct
@@ -141,7 +142,7 @@ def n4_brain(t1w: Path, mask: np.ndarray) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "n4.nii.gz"
         n4_correct(t1w, out, grid_mm=settings.n4_grid_mm, iterations=settings.n4_iterations,
-                   num_threads=2)
+                   mask=mask_file if settings.n4_in_brain else None, num_threads=2)
         return normalize_brain(np.asarray(nb.load(out).dataobj, np.float32), mask)
 
 
@@ -164,7 +165,7 @@ def target_landmarks(work: Path, sim_dir: Path, ixi_vols: dict, ixi_masks: dict,
     for k, img in enumerate(todo):
         mask = np.asarray(nb.load(img.brain_mask).dataobj) > 0
         brain = (normalize_brain(np.asarray(nb.load(img.t1w).dataobj, np.float32), mask)
-                 if corrected else n4_brain(img.t1w, mask))
+                 if corrected else n4_brain(img.t1w, mask, img.brain_mask))
         images.setdefault(img.site, []).append((brain, mask))
         log(f"landmarks: {'' if corrected else 'N4 '}{k + 1}/{len(todo)} ({img.anatomy}, {img.site})")
     landmarks = site_landmarks(images, STORED_PER_TISSUE)

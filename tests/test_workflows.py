@@ -20,6 +20,22 @@ def test_anat_preproc_wf_nodes():
     assert "brain_extraction_wf.reg_head_syn" not in sloppy
 
 
+def test_second_n4_is_fitted_on_the_extracted_brain():
+    """The preprocessed head and the brain that is registered come from the N4 pass
+    whose field is fitted inside the brain mask, run on the reoriented raw image."""
+    wf = init_anat_preproc_wf(omp_nthreads=1, sloppy=True, random_seed=0)
+    graph = wf._create_flat_graph()
+    by_name = {node.fullname.split(".", 1)[1]: node for node in graph.nodes}
+    n4_brain = by_name["n4_brain"]
+    sources = {(u.fullname.split(".", 1)[1], v.fullname.split(".", 1)[1])
+               for u, v in graph.edges}
+    assert ("reorient", "n4_brain") in sources
+    assert ("brain_extraction_wf.outputnode", "n4_brain") in sources
+    assert ("mask_brain", "register_template_wf.inputnode") in sources
+    assert ("n4_brain", "outputnode") in sources and ("n4", "outputnode") not in sources
+    assert n4_brain.inputs.iterations == list(AntsSettings.for_run(True).n4_iterations)
+
+
 def test_sloppy_settings_are_cheaper():
     fast, full = AntsSettings.for_run(True), AntsSettings.for_run(False)
     assert fast.transform == "Affine" and full.transform == "SyN"
