@@ -58,8 +58,8 @@ def score(image: np.ndarray, reference: np.ndarray, mask: np.ndarray, labels: np
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--labels", type=Path, default=SHARED / "synthseg-labels")
-    parser.add_argument("--protocols", nargs="+", default=["siemens3tmprage", "ge15tspgr",
-                                                           "philips3ttfe"])
+    parser.add_argument("--protocols", nargs="+", default=[
+        "siemens3tmprage", "ge15tspgr", "philips3ttfe", "siemens15tlowsnr", "clinical15tthick"])
     parser.add_argument("--n-anatomies", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", type=Path, default=None, help="also write the table here")
