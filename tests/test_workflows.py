@@ -34,6 +34,24 @@ def test_second_n4_is_fitted_on_the_extracted_brain():
     assert ("mask_brain", "register_template_wf.inputnode") in sources
     assert ("n4_brain", "outputnode") in sources and ("n4", "outputnode") not in sources
     assert n4_brain.inputs.iterations == list(AntsSettings.for_run(True).n4_iterations)
+    assert "inside the brain mask" in wf.__desc__
+
+
+def test_head_wide_n4_only_when_switched_off(monkeypatch):
+    """With ``n4_in_brain`` off (the pre-session-20 pipeline) the head-wide N4 feeds the
+    outputs and the registration, and the methods text does not claim a second pass."""
+    import dataclasses
+
+    sloppy = AntsSettings.for_run(True)
+    monkeypatch.setattr(AntsSettings, "for_run", classmethod(
+        lambda cls, s: dataclasses.replace(sloppy, n4_in_brain=False)))
+    wf = init_anat_preproc_wf(omp_nthreads=1, sloppy=True, random_seed=0)
+    graph = wf._create_flat_graph()
+    edges = {(u.fullname.split(".", 1)[1], v.fullname.split(".", 1)[1]) for u, v in graph.edges}
+    assert "n4_brain" not in set(wf.list_node_names())
+    assert ("n4", "outputnode") in edges
+    assert ("brain_extraction_wf.outputnode", "register_template_wf.inputnode") in edges
+    assert "inside the brain mask" not in wf.__desc__
 
 
 def test_sloppy_settings_are_cheaper():

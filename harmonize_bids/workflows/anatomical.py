@@ -86,8 +86,10 @@ def init_anat_preproc_wf(*, omp_nthreads: int, sloppy: bool, random_seed: int,
     workflow.__desc__ = (
         "The T1w image was reoriented to RAS, corrected for intensity non-uniformity "
         "with N4 (ANTs), skull-stripped by registering a head template with a brain "
-        "probability map, corrected with N4 again with the field fitted inside the "
-        "brain mask, and registered to MNI152NLin2009aSym (ANTs affine + SyN)."
+        "probability map, "
+        + ("corrected with N4 again with the field fitted inside the brain mask, "
+           if settings.n4_in_brain else "")
+        + "and registered to MNI152NLin2009aSym (ANTs affine + SyN)."
     )
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=[
