@@ -255,17 +255,14 @@ def n4_array(image: np.ndarray, voxel_mm: float, mask: np.ndarray) -> np.ndarray
     fits it inside the brain) of an array on an isotropic grid."""
     import tempfile
 
-    from harmonize_bids.interfaces.ants import n4_correct
-    from harmonize_bids.workflows.anatomical import AntsSettings
+    from harmonize_bids.workflows.anatomical import participant_n4
 
-    settings = AntsSettings.for_run(sloppy=False)
     affine = np.diag([voxel_mm] * 3 + [1.0])
     with tempfile.TemporaryDirectory() as tmp:
         path, mask_path = Path(tmp) / "image.nii.gz", Path(tmp) / "mask.nii.gz"
         nb.Nifti1Image(image.astype(np.float32), affine).to_filename(path)
         nb.Nifti1Image((mask > 0).astype(np.uint8), affine).to_filename(mask_path)
-        n4_correct(path, path, grid_mm=settings.n4_grid_mm, iterations=settings.n4_iterations,
-                   mask=mask_path if settings.n4_in_brain else None)
+        participant_n4(path, path, mask_path)
         return load(path)
 
 

@@ -84,13 +84,11 @@ def bias_corrected_copy(bids_dir: Path, dest: Path, *, sloppy: bool = False,
     """
     import shutil
 
-    from harmonize_bids.interfaces.ants import n4_correct
-    from harmonize_bids.workflows.anatomical import AntsSettings
+    from harmonize_bids.workflows.anatomical import participant_n4
 
     dest = Path(dest)
     if dest.is_dir():
         return dest
-    settings = AntsSettings.for_run(sloppy)
     tmp = dest.with_name(f".{dest.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(bids_dir, tmp)
@@ -99,10 +97,8 @@ def bias_corrected_copy(bids_dir: Path, dest: Path, *, sloppy: bool = False,
         for k, img in enumerate(images):
             for path in (img.t1w, img.rescan):
                 if path is not None:
-                    n4_correct(path, path, grid_mm=settings.n4_grid_mm,
-                               iterations=settings.n4_iterations,
-                               mask=img.brain_mask if settings.n4_in_brain else None,
-                               num_threads=num_threads)
+                    participant_n4(path, path, img.brain_mask, sloppy=sloppy,
+                                   num_threads=num_threads)
             progress(f"[{k + 1}/{len(images)}] N4: sub-{img.participant}")
         tmp.rename(dest)
     except BaseException:

@@ -134,15 +134,11 @@ def n4_brain(t1w: Path, mask: np.ndarray, mask_file: Path) -> np.ndarray:
     ``mask_file`` when the participant level does so), then its normalized brain."""
     import tempfile
 
-    from harmonize_bids.interfaces.ants import n4_correct
     from harmonize_bids.training.data import normalize_brain
-    from harmonize_bids.workflows.anatomical import AntsSettings
+    from harmonize_bids.workflows.anatomical import participant_n4
 
-    settings = AntsSettings.for_run(sloppy=False)
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "n4.nii.gz"
-        n4_correct(t1w, out, grid_mm=settings.n4_grid_mm, iterations=settings.n4_iterations,
-                   mask=mask_file if settings.n4_in_brain else None, num_threads=2)
+        out = participant_n4(t1w, Path(tmp) / "n4.nii.gz", mask_file, num_threads=2)
         return normalize_brain(np.asarray(nb.load(out).dataobj, np.float32), mask)
 
 

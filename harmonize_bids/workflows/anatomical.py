@@ -7,6 +7,7 @@ code: ``anat_preproc_wf/{reorient,n4,brain_extraction_wf,n4_brain,register_templ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
@@ -47,6 +48,20 @@ class AntsSettings:
                    registration_mm=2.0,
                    transform="SyN", aff_iterations=(500, 250, 100, 0),
                    syn_iterations=(40, 20, 0))
+
+
+def participant_n4(in_file: Path, out_file: Path, brain_mask: Path | None, *,
+                   sloppy: bool = False, num_threads: int = 1) -> Path:
+    """N4 of a head image as the participant level's final N4 does it (its settings;
+    the field fitted inside ``brain_mask`` when ``n4_in_brain``), outside nipype: for
+    the benchmark's truths and the training script's renders."""
+    from harmonize_bids.interfaces.ants import n4_correct
+
+    settings = AntsSettings.for_run(sloppy)
+    return n4_correct(in_file, out_file, grid_mm=settings.n4_grid_mm,
+                      iterations=settings.n4_iterations,
+                      mask=brain_mask if settings.n4_in_brain else None,
+                      num_threads=num_threads)
 
 
 def init_anat_preproc_wf(*, omp_nthreads: int, sloppy: bool, random_seed: int,
