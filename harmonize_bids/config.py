@@ -49,6 +49,7 @@ class Settings:
     samples: int = SamplerSettings.samples
     match_intensities: str = "auto"  # 'auto', 'none' or a site_intensity.SCHEMES name
     level_slices: bool = True
+    keep_target_site: bool = True  # images at the target site: written unchanged
     train_steps: int = 2000
     batch_size: int = 12
     patch_size: int = 64

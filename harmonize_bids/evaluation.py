@@ -12,6 +12,8 @@ site can still be told from the images sent to one target (chance = 1/sites).
 
 With no harmonized outputs, every image is taken as its own "harmonization"
 (the *no harmonization* baseline): how far apart the sites are to begin with.
+An output of an image that was already at its target site (the app keeps those
+unchanged as the reference) is not a harmonization and is not scored.
 """
 from __future__ import annotations
 
@@ -149,7 +151,9 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
     if derivatives_dir is None:  # no harmonization: every image "sent" to every other site
         jobs = [(img, img.t1w, t) for img in images for t in sites if t != img.site]
     else:
-        jobs = harmonized_outputs(images, Path(derivatives_dir))
+        # an image already at its target is the reference, not a harmonization
+        jobs = [j for j in harmonized_outputs(images, Path(derivatives_dir))
+                if j[0].site != j[2]]
         if not jobs:
             raise FileNotFoundError(f"no harmonized outputs (desc-harmonized) in {derivatives_dir}")
 

@@ -48,10 +48,17 @@ def test_perfect_harmonization_scores_perfectly(toy_dataset, tmp_path):
         save_derivative(out, ents, "harmonized", truth.t1w,
                         extra_metadata={"TargetSite": "siemens3tmprage",
                                         "SourceSite": "ge15tspgr"})
+    # an image already at the target site is the app's unchanged reference: not scored
+    kept = next(i for i in images if i.site == "siemens3tmprage")
+    save_derivative(out, {"subject": kept.participant,
+                          "_relpath": f"sub-{kept.participant}/anat/x"}, "harmonized", kept.t1w,
+                    extra_metadata={"TargetSite": "siemens3tmprage",
+                                    "SourceSite": "siemens3tmprage"})
     result = evaluate(toy_dataset, out)
     row = result["pairs"][("ge15tspgr", "siemens3tmprage")]
     assert row["ssim"] == pytest.approx(1.0) and math.isinf(row["psnr"]) and row["mae"] == 0
     assert row["flicker"] > 0  # the change from the source is not zero
+    assert set(result["pairs"]) == {("ge15tspgr", "siemens3tmprage")}
 
 
 def _reoriented_copy(dataset, dest, codes=("L", "I", "A")):

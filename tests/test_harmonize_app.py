@@ -27,7 +27,7 @@ def test_participant_with_target_site_writes_harmonized_outputs(synthetic_bids, 
                                                                 tmp_path):
     out = tmp_path / "out"
     code = main([str(synthetic_bids), str(out), "participant", "--sloppy",
-                 "-w", str(tmp_path / "work"), "--participant-label", "02",
+                 "-w", str(tmp_path / "work"), "--participant-label", "01", "02",
                  "--target-site", "siteA", "--model", str(tiny_model_file), "--steps", "2",
                  "--stop-at", "0.25", "--samples", "2", "--nprocs", "2", "--omp-nthreads", "1",
                  "--skip-bids-validation",
@@ -38,6 +38,7 @@ def test_participant_with_target_site_writes_harmonized_outputs(synthetic_bids, 
     native = anat / "sub-02_desc-harmonized_T1w.nii.gz"
     side = json.loads((anat / "sub-02_desc-harmonized_T1w.json").read_text())
     assert side["TargetSite"] == "siteA" and side["SourceSite"] == "siteB"
+    assert side["HarmonizationApplied"] is True
     assert side["Steps"] == 2 and side["RandomSeed"] == 5 and side["Device"] == "cpu"
     assert side["StopAt"] == 0.25 and side["Strength"] == 1.0 and side["Samples"] == 2
     assert len(side["ModelSHA256"]) == 64
@@ -49,6 +50,46 @@ def test_participant_with_target_site_writes_harmonized_outputs(synthetic_bids, 
     mask = np.asarray(nb.load(anat / "sub-02_desc-brain_mask.nii.gz").dataobj) > 0
     data = np.asarray(nb.load(native).dataobj)
     assert data.shape == mask.shape and np.all(data[~mask] == 0) and data[mask].std() > 0
+    # sub-01 was acquired at the target site: its brain is the reference, kept unchanged
+    anat1 = out / "sub-01" / "anat"
+    side1 = json.loads((anat1 / "sub-01_desc-harmonized_T1w.json").read_text())
+    assert side1["SourceSite"] == side1["TargetSite"] == "siteA"
+    assert side1["HarmonizationApplied"] is False and "ModelSHA256" not in side1
+    kept = np.asarray(nb.load(
+        anat1 / "sub-01_space-MNI152NLin2009aSym_desc-harmonized_T1w.nii.gz").dataobj)
+    pre1 = np.asarray(nb.load(
+        anat1 / "sub-01_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz").dataobj)
+    inside = kept != 0
+    assert inside.sum() > 100
+    np.testing.assert_allclose(kept[inside], pre1[inside], rtol=1e-5)
+
+
+def test_harmonize_node_keeps_a_target_site_brain_without_the_model(tiny_model_file,
+                                                                    tmp_path, monkeypatch):
+    """keep_source: the brain (masked, negatives clipped) is written unchanged, the
+    sidecar says no harmonization was applied, and the model never runs."""
+    import harmonize_bids.interfaces.harmonize as harmonize_module
+    from harmonize_bids.interfaces.harmonize import Harmonize
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not run on a kept brain")
+
+    monkeypatch.setattr(harmonize_module, "harmonize_std_image", no_model)
+    rng = np.random.default_rng(0)
+    data = rng.normal(1.0, 0.5, (10, 12, 8)).astype(np.float32)
+    mask = np.zeros(data.shape, np.uint8)
+    mask[2:8, 3:9, 2:6] = 1
+    nb.Nifti1Image(data, np.eye(4)).to_filename(tmp_path / "std.nii.gz")
+    nb.Nifti1Image(mask, np.eye(4)).to_filename(tmp_path / "mask.nii.gz")
+    node = Harmonize(in_file=str(tmp_path / "std.nii.gz"), mask_file=str(tmp_path / "mask.nii.gz"),
+                     model_file=str(tiny_model_file), target_site="siteA", keep_source=True)
+    monkeypatch.chdir(tmp_path)
+    result = node.run()
+    out = np.asarray(nb.load(result.outputs.out_file).dataobj)
+    np.testing.assert_array_equal(out, np.where(mask > 0, np.clip(data, 0, None), 0))
+    meta = result.outputs.metadata
+    assert meta["TargetSite"] == "siteA" and meta["HarmonizationApplied"] is False
+    assert "ModelSHA256" not in meta and "Steps" not in meta
 
 
 def test_unknown_target_site_lists_known_sites(synthetic_bids, tiny_model_file, tmp_path, caplog):

@@ -19,7 +19,7 @@ def test_help_lists_every_option(capsys):
                 "--skip-bids-validation", "--work-dir", "--nprocs", "--omp-nthreads",
                 "--mem-mb", "--random-seed", "--target-site", "--model", "--device",
                 "--sloppy", "--verbose", "--version", "--steps", "--strength", "--stop-at",
-                "--samples", "--model-info", "(default:"):
+                "--samples", "--model-info", "--harmonize-target-site", "(default:"):
         assert opt in text
 
 
@@ -183,6 +183,14 @@ def test_slice_levelling_is_on_unless_switched_off(extra, level, tmp_path):
     bids.mkdir()
     s = parse_args([str(bids), str(tmp_path / "out"), "participant", *extra])
     assert s.level_slices is level
+
+
+@pytest.mark.parametrize("extra, keep", [([], True), (["--harmonize-target-site"], False)])
+def test_target_site_images_are_kept_unless_asked(extra, keep, tmp_path):
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    s = parse_args([str(bids), str(tmp_path / "out"), "participant", *extra])
+    assert s.keep_target_site is keep
 
 
 def test_omp_nthreads_drives_the_workers_thread_environment(monkeypatch, tmp_path):

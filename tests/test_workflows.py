@@ -89,3 +89,25 @@ def test_harmonize_options_reach_the_harmonize_node(synthetic_bids, tmp_path):
             "harmonize")
         assert node.inputs.level_slices is level
         assert node.inputs.match_intensities == "deciles" and node.inputs.steps == 3
+
+
+def test_images_at_the_target_site_are_kept_unless_asked(synthetic_bids, tmp_path):
+    """The target site's own images are the reference: their harmonize node keeps the
+    brain (keep_source) and says so in the methods text; --harmonize-target-site runs the
+    model on them too.  Images from other sites always go through the model."""
+    from harmonize_bids.workflows.base import HarmonizeOptions
+
+    layout = bu.load_layout(synthetic_bids)
+    records = bu.resolve_sites(layout, bu.collect_t1w(layout))
+    assert {r.site for r in records} == {"siteA", "siteB", "siteC"}
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"")
+    for keep in (True, False):
+        options = HarmonizeOptions(model_file=model, target_site="siteB", keep_target_site=keep)
+        wf = init_harmonize_bids_wf(records=records, output_dir=tmp_path, omp_nthreads=1,
+                                    sloppy=True, random_seed=0, harmonize=options)
+        for record in records:
+            sub_wf = wf.get_node(workflow_name(record)).get_node("harmonize_wf")
+            at_target = record.site == "siteB"
+            assert sub_wf.get_node("harmonize").inputs.keep_source is (keep and at_target)
+            assert ("kept unchanged" in sub_wf.__desc__) is (keep and at_target)

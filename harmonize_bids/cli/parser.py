@@ -148,6 +148,14 @@ def _build_parser() -> argparse.ArgumentParser:
                             "across slices and everything within a slice stay the model's), "
                             "which brings the output closer to the true target image on "
                             "every score (docs/model.md, 'Decisions of session 17')")
+    model.add_argument("--harmonize-target-site", dest="keep_target_site",
+                       action="store_false",
+                       help="also run the model on images acquired at the target site; by "
+                            "default they are the reference the other sites are brought to "
+                            "and their brain is written unchanged as the harmonized image "
+                            "(as ComBat leaves its reference batch), because the model can "
+                            "only add its own error to them (docs/design.md, 'The target "
+                            "site's own images')")
     model.add_argument("--model-info", action="store_true",
                        help="print the model card of --model (or the bundled model) as JSON "
                             "and exit")
@@ -266,6 +274,7 @@ def _check(opts: argparse.Namespace) -> Settings:
         samples=opts.samples,
         match_intensities=opts.match_intensities,
         level_slices=opts.level_slices,
+        keep_target_site=opts.keep_target_site,
         train_steps=opts.train_steps,
         batch_size=opts.batch_size,
         patch_size=opts.patch_size,

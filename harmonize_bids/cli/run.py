@@ -202,7 +202,14 @@ def build_workflow(settings: Settings):
         harmonize = HarmonizeOptions(model_file=model_file, target_site=settings.target_site,
                                      sampler=sampler, device=settings.device,
                                      mem_mb=settings.mem_mb, match_intensities=scheme,
-                                     level_slices=settings.level_slices)
+                                     level_slices=settings.level_slices,
+                                     keep_target_site=settings.keep_target_site)
+        kept = [r.label for r in records if harmonize.keeps(r)]
+        if kept:
+            LOGGER.info("%d of %d image(s) were acquired at site '%s' and are written "
+                        "unchanged as its reference (--harmonize-target-site runs the model "
+                        "on them too): %s", len(kept), len(records), settings.target_site,
+                        ", ".join(kept))
         LOGGER.info("Harmonizing to site '%s' with %s (%d steps, strength %g, stop at %g, "
                     "%d chain(s); slice levels equalized: %s; tissue intensity landmarks: %s)",
                     settings.target_site, model_file, sampler.steps, sampler.strength,

@@ -9,6 +9,10 @@ jumps in intensity level (``level_slices``).  With ``match_intensities`` the
 model's output is finished by mapping its tissue intensity landmarks onto the
 target site's
 (:mod:`harmonize_bids.site_intensity`), when the model stores them.
+
+A brain already at the target site is the reference the others are brought to:
+:func:`keep_std_image` writes it unchanged (as ComBat leaves its reference batch),
+since even a perfect model could only add its own error to it.
 """
 from __future__ import annotations
 
@@ -104,6 +108,7 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
     nb.Nifti1Image(out, img.affine, img.header).to_filename(str(out_file))
     return {
         "TargetSite": target_site,
+        "HarmonizationApplied": True,
         "ModelSHA256": file_sha256(model_file),
         "ModelSites": list(model.config.sites),
         **sampler.metadata(),
@@ -114,6 +119,29 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
         "Device": device,
         "ModelVoxelSize": model.config.voxel_mm,
         "HarmonizationSeconds": round(time.monotonic() - started, 1),
+    }
+
+
+def keep_std_image(std_file: Path, mask_file: Path, target_site: str,
+                   out_file: Path) -> dict[str, Any]:
+    """Write a template-space brain that is already at ``target_site`` unchanged.
+
+    The output is what :func:`harmonize_std_image` would write for a model that
+    changes nothing (the input inside the mask, negatives clipped), so both kinds of
+    participant go through the same resampling afterwards.
+    """
+    img = nb.load(str(std_file))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    mask = np.asarray(nb.load(str(mask_file)).dataobj) > 0
+    if mask.shape != data.shape[:3]:
+        raise ValueError(f"brain mask {mask.shape} is not on the image's grid {data.shape}")
+    out = np.where(mask, np.clip(data, 0, None), 0).astype(np.float32)
+    nb.Nifti1Image(out, img.affine, img.header).to_filename(str(out_file))
+    return {
+        "TargetSite": target_site,
+        "HarmonizationApplied": False,
+        "HarmonizationNote": "the source site is the target site: the brain is the reference "
+                             "and was kept unchanged",
     }
 
 
@@ -133,6 +161,9 @@ class _HarmonizeInputSpec(BaseInterfaceInputSpec):
                                desc="remove slice-to-slice jumps in intensity level "
                                     "(postprocess.level_slices)")
     random_seed = traits.Int(0, usedefault=True)
+    keep_source = traits.Bool(False, usedefault=True,
+                              desc="the brain is already at the target site: write it "
+                                   "unchanged instead of running the model (keep_std_image)")
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True, nohash=True)
     mem_mb = traits.Int(0, usedefault=True, nohash=True)
     num_threads = traits.Int(1, usedefault=True, nohash=True)
@@ -151,6 +182,12 @@ class Harmonize(SimpleInterface):
 
     def _run_interface(self, runtime):
         out = Path(runtime.cwd) / "harmonized.nii.gz"
+        if self.inputs.keep_source:
+            self._results["out_file"] = str(out)
+            self._results["metadata"] = keep_std_image(
+                Path(self.inputs.in_file), Path(self.inputs.mask_file), self.inputs.target_site,
+                out)
+            return runtime
         meta = harmonize_std_image(
             Path(self.inputs.in_file), Path(self.inputs.mask_file), Path(self.inputs.model_file),
             self.inputs.target_site, out,

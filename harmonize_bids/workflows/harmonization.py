@@ -15,14 +15,22 @@ from harmonize_bids.interfaces.images import ApplyMask
 def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSettings,
                       random_seed: int, device: str, omp_nthreads: int, mem_mb: int | None,
                       match_intensities: str = "none", level_slices: bool = True,
+                      keep_source: bool = False,
                       name: str = "harmonize_wf") -> pe.Workflow:
     """Harmonize the template-space brain to ``target_site`` and resample it to T1w.
+
+    With ``keep_source`` (the image is already at ``target_site``) the brain is kept
+    unchanged instead: it is the reference the other sites are brought to.
 
     Inputs: ``std_t1w``, ``std_mask``, ``t1w_preproc``, ``brain_mask``,
     ``std2t1w_xfm``.  Outputs: ``std_harmonized``, ``harmonized``, ``metadata``.
     """
     workflow = pe.Workflow(name=name)
     workflow.__desc__ = (
+        f"The image was acquired at the target site '{target_site}', the reference the "
+        "other sites were harmonized to, so its brain in template space was kept unchanged "
+        "(as ComBat leaves its reference batch) and resampled back to the T1w grid."
+    ) if keep_source else (
         f"The brain in template space was harmonized to site '{target_site}' with a "
         f"conditional diffusion model ({sampler.steps} deterministic DDIM steps"
         + (f", stopping at {sampler.stop:g} of the noise schedule with the model's "
@@ -43,7 +51,7 @@ def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSet
         model_file=str(model_file), target_site=target_site, steps=sampler.steps,
         strength=sampler.strength, stop_at=sampler.stop, samples=sampler.samples,
         match_intensities=match_intensities, level_slices=level_slices,
-        random_seed=random_seed,
+        random_seed=random_seed, keep_source=keep_source,
         device=device, mem_mb=mem_mb or 0, num_threads=omp_nthreads),
         name="harmonize", n_procs=omp_nthreads, mem_gb=(mem_mb or 4096) / 1024)
     to_t1w = pe.Node(ApplyTransform(interpolation="linear", num_threads=omp_nthreads),
