@@ -7,7 +7,8 @@
    default one the bundled model knows, ``ge15tspgr``, and one it never saw,
    ``clinical15tthick``, a 1.5 T scan with 5 mm slices).
 2. Runs the participant level on it with the bundled model, harmonizing every
-   image to ``--target-site``.
+   image of the source sites to ``--target-site`` (the target site's own image is the
+   reference and is kept unchanged).
 3. Scores the harmonized images against the truth (the target-site rendering
    of the same head) beside no harmonization and a rescan at the target site (the
    ceiling), and points to the outputs and the HTML reports.
