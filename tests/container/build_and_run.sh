@@ -23,6 +23,9 @@
 # ~3 GB, fast here; the participant job on the CPU inside it 86 s); image 6.2 GB.
 # Session 19 at 5344ab2, torch layer not cached: 242 s in all; then
 # tests/container/circleci_test_job.py ran the CircleCI test job against the image (158 s).
+# Session 21 at 2f843ad (the in-brain N4; target-site images kept), dependency layers
+# cached, niced beside ANTs preprocessing: 362 s in all; then circleci_test_job.py
+# passed against it (441 s, niced beside training).
 # Not part of .ci/run (CI's 2 cores are better spent on the test suite); CircleCI
 # builds and runs the image with Docker on every push.
 set -euo pipefail
