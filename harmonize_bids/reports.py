@@ -157,8 +157,9 @@ def write_report(output_dir: Path, subject: str, records: list, template_brain: 
         if harm.is_file() and std.is_file():
             side = _sidecar(harm)
             keys = ("Site", "TargetSite", "HarmonizationApplied", "HarmonizationNote", "Steps",
-                    "Strength", "StopAt", "Samples", "SliceLevelsEqualized", "TissueIntensitiesMatched",
-                    "TissueIntensityLandmarks", "RandomSeed", "Device", "ModelSHA256")
+                    "Strength", "StopAt", "Samples", "SliceLevelsEqualized",
+                    "TissueIntensitiesMatched", "TissueIntensityLandmarks", "RandomSeed",
+                    "Device", "ModelSHA256")
             rows = "".join(f"<tr><td>{k}</td><td>{html.escape(str(side[k]))}</td></tr>"
                            for k in keys if k in side)
             parts += ["<h3>Harmonization</h3>", f"<table>{rows}</table>",

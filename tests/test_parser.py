@@ -177,20 +177,15 @@ def test_match_intensities_schemes(extra, scheme, tmp_path):
     assert s.match_intensities == scheme
 
 
-@pytest.mark.parametrize("extra, level", [([], True), (["--no-level-slices"], False)])
-def test_slice_levelling_is_on_unless_switched_off(extra, level, tmp_path):
+@pytest.mark.parametrize("flag, setting", [("--no-level-slices", "level_slices"),
+                                           ("--harmonize-target-site", "keep_target_site")])
+def test_switches_are_on_unless_switched_off(flag, setting, tmp_path):
+    """Slice levelling and keeping the target site's images unchanged are defaults."""
     bids = tmp_path / "bids"
     bids.mkdir()
-    s = parse_args([str(bids), str(tmp_path / "out"), "participant", *extra])
-    assert s.level_slices is level
-
-
-@pytest.mark.parametrize("extra, keep", [([], True), (["--harmonize-target-site"], False)])
-def test_target_site_images_are_kept_unless_asked(extra, keep, tmp_path):
-    bids = tmp_path / "bids"
-    bids.mkdir()
-    s = parse_args([str(bids), str(tmp_path / "out"), "participant", *extra])
-    assert s.keep_target_site is keep
+    args = [str(bids), str(tmp_path / "out"), "participant"]
+    assert getattr(parse_args(args), setting) is True
+    assert getattr(parse_args(args + [flag]), setting) is False
 
 
 def test_omp_nthreads_drives_the_workers_thread_environment(monkeypatch, tmp_path):

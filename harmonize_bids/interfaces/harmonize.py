@@ -54,6 +54,13 @@ def _fit(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def _save_in_brain(values: np.ndarray, mask: np.ndarray, like: nb.Nifti1Image,
+                   out_file: Path) -> None:
+    """Write ``values`` inside ``mask`` (negatives clipped, zero outside) on ``like``'s grid."""
+    out = np.where(mask, np.clip(values, 0, None), 0).astype(np.float32)
+    nb.Nifti1Image(out, like.affine, like.header).to_filename(str(out_file))
+
+
 def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, target_site: str,
                         out_file: Path, sampler: SamplerSettings = SamplerSettings(), *,
                         seed: int = 0, device: str = "auto", mem_mb: int | None = None,
@@ -104,8 +111,7 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
         except ValueError as err:
             log(f"tissue intensities not matched to '{target_site}' ({err})")
     change = ndi.zoom(harmonized - low, 1 / zoom, order=1)
-    out = np.where(mask, np.clip(data + _fit(change, data.shape), 0, None), 0).astype(np.float32)
-    nb.Nifti1Image(out, img.affine, img.header).to_filename(str(out_file))
+    _save_in_brain(data + _fit(change, data.shape), mask, img, out_file)
     return {
         "TargetSite": target_site,
         "HarmonizationApplied": True,
@@ -135,8 +141,7 @@ def keep_std_image(std_file: Path, mask_file: Path, target_site: str,
     mask = np.asarray(nb.load(str(mask_file)).dataobj) > 0
     if mask.shape != data.shape[:3]:
         raise ValueError(f"brain mask {mask.shape} is not on the image's grid {data.shape}")
-    out = np.where(mask, np.clip(data, 0, None), 0).astype(np.float32)
-    nb.Nifti1Image(out, img.affine, img.header).to_filename(str(out_file))
+    _save_in_brain(data, mask, img, out_file)
     return {
         "TargetSite": target_site,
         "HarmonizationApplied": False,

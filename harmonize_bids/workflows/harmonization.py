@@ -53,7 +53,9 @@ def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSet
         match_intensities=match_intensities, level_slices=level_slices,
         random_seed=random_seed, keep_source=keep_source,
         device=device, mem_mb=mem_mb or 0, num_threads=omp_nthreads),
-        name="harmonize", n_procs=omp_nthreads, mem_gb=(mem_mb or 4096) / 1024)
+        # a kept brain is only copied: it needs neither the model's threads nor its memory
+        name="harmonize", n_procs=1 if keep_source else omp_nthreads,
+        mem_gb=0.5 if keep_source else (mem_mb or 4096) / 1024)
     to_t1w = pe.Node(ApplyTransform(interpolation="linear", num_threads=omp_nthreads),
                      name="to_t1w", n_procs=omp_nthreads)
     mask_t1w = pe.Node(ApplyMask(), name="mask_t1w")
