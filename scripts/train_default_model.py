@@ -191,6 +191,23 @@ def stage_seconds(marker: Path) -> float:
         return 0.0
 
 
+def training_crop(patch_size: int, volumes: dict[str, dict[str, np.ndarray]], multiple: int
+                  ) -> tuple[int, int]:
+    """The training crop: ``patch_size`` squared, or (0) the largest axial slice of
+    ``volumes`` padded to the network's ``multiple`` as inference pads it, so that every
+    training slice is whole.
+
+    >>> vols = {"a": {"s": np.zeros((101, 126, 4))}, "b": {"s": np.zeros((90, 107, 4))}}
+    >>> training_crop(0, vols, 8), training_crop(64, vols, 8)
+    ((104, 128), (64, 64))
+    """
+    if patch_size > 0:
+        return patch_size, patch_size
+    h = max(v.shape[0] for by_site in volumes.values() for v in by_site.values())
+    w = max(v.shape[1] for by_site in volumes.values() for v in by_site.values())
+    return h + (-h) % multiple, w + (-w) % multiple
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -216,6 +233,10 @@ def main() -> None:
                         help="protocol-shifted copies of each IXI brain (sources)")
     parser.add_argument("--base-channels", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=12)
+    parser.add_argument("--patch-size", type=int, default=64,
+                        help="side of the random square training crops; 0: whole axial "
+                             "slices padded as at inference, so training sees the app's "
+                             "field of view (docs/model.md, session 22)")
     parser.add_argument("--source-input", action="store_true",
                         help="the denoiser also reads the source slice stack (the detail "
                              "path, ModelConfig.source_input)")
@@ -223,6 +244,10 @@ def main() -> None:
                         help="continue the brain this many voxels into the background in "
                              "training and at inference (ModelConfig.fill_background; 0: "
                              "zero background, as the bundled model; docs/model.md, session 18)")
+    parser.add_argument("--norm-in-brain", action="store_true",
+                        help="normalize inside the brain only (ModelConfig.norm_in_brain), so "
+                             "the output does not depend on the background around it "
+                             "(docs/model.md, session 22)")
     parser.add_argument("--n4-renders", action="store_true",
                         help="render the simulated sites with their bias fields and N4-correct "
                              "them as the app does (work/simulated_n4), instead of bias-free "
@@ -337,7 +362,8 @@ def main() -> None:
     log(f"{len(sim_vols)} simulated anatomies x {len(next(iter(sim_vols.values())))} protocols")
     config = ModelConfig(sites=MODEL_SITES, base_channels=args.base_channels, voxel_mm=2.0,
                          site_landmarks=landmarks, source_input=args.source_input,
-                         fill_background=args.fill_background)
+                         fill_background=args.fill_background,
+                         norm_in_brain=args.norm_in_brain)
     model = HarmonizationModel(config)
     init = None
     if args.init_from:
@@ -347,7 +373,8 @@ def main() -> None:
         earlier, earlier_card = load_model(args.init_from)
         if dataclasses.replace(earlier.config, source_input=config.source_input,
                                site_landmarks=landmarks,
-                               fill_background=config.fill_background) != config:
+                               fill_background=config.fill_background,
+                               norm_in_brain=config.norm_in_brain) != config:
             raise SystemExit(f"{args.init_from}: another network or site list; cannot start "
                              "from it")
         widened = warm_start(model, earlier.state_dict())
@@ -358,8 +385,10 @@ def main() -> None:
                                                     earlier_training.get("steps")),
                 "widened": widened}
         log(f"starting from {args.init_from} ({init['steps']} steps); widened {widened}")
+    crop = training_crop(args.patch_size, volumes, config.multiple)
+    log(f"training crops {crop[0]} x {crop[1]}")
     data = PairedSlices(volumes, list(MODEL_SITES), context_slices=config.context_slices,
-                        crop=(64, 64), augment=1.5, fill_background=config.fill_background)
+                        crop=crop, augment=1.5, fill_background=config.fill_background)
     device = resolve_device(args.device)
     train_config = TrainConfig(lr=2e-4, bf16=use_bf16(device), log_every=200, seed=0,
                                distribution_weight=args.distribution_weight,
@@ -418,7 +447,7 @@ def main() -> None:
             "IXI": "Trained in part on IXI data (brain-development.org), CC BY-SA 3.0: "
                    "acknowledge the IXI dataset when redistributing these weights.",
             "SynthSeg label maps": "Apache-2.0 (SynthSeg project)"},
-        "training": {"steps": loop.step, "batch_size": args.batch_size, "patch_size": 64,
+        "training": {"steps": loop.step, "batch_size": args.batch_size, "patch_size": list(crop),
                      "learning_rate": 2e-4, "minutes": round(trained_s / 60, 1),
                      "bf16": train_config.bf16, "threads": args.threads,
                      "max_loss_weight": train_config.max_loss_weight,

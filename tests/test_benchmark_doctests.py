@@ -1,6 +1,6 @@
-"""The benchmark scripts' doctests run with the suite.
+"""The doctests of the benchmark and maintenance scripts run with the suite.
 
-``benchmarks/`` is not a package (each file is a script), so pytest's
+``benchmarks/`` and ``scripts/`` are not packages (each file is a script), so pytest's
 ``--doctest-modules`` over ``testpaths`` never sees them; their pure helpers
 (e.g. the error decompositions of ``error_bands.py``) are tested here instead.
 """
@@ -12,20 +12,23 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-WITH_DOCTESTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if ">>>" in p.read_text())
+ROOT = Path(__file__).resolve().parents[1]
+WITH_DOCTESTS = sorted(f"{folder}/{p.name}" for folder in ("benchmarks", "scripts")
+                       for p in (ROOT / folder).glob("*.py") if ">>>" in p.read_text())
 
 
-def test_some_benchmarks_have_doctests():
-    assert "error_bands.py" in WITH_DOCTESTS
+def test_some_scripts_have_doctests():
+    assert "benchmarks/error_bands.py" in WITH_DOCTESTS
+    assert "scripts/train_default_model.py" in WITH_DOCTESTS
 
 
 @pytest.mark.parametrize("name", WITH_DOCTESTS)
-def test_benchmark_doctests(name, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # scripts import their siblings
-    spec = importlib.util.spec_from_file_location(f"_bench_{name[:-3]}", BENCHMARKS / name)
+def test_script_doctests(name, monkeypatch):
+    path = ROOT / name
+    monkeypatch.syspath_prepend(str(path.parent))  # scripts import their siblings
+    spec = importlib.util.spec_from_file_location(f"_script_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     result = doctest.testmod(module, verbose=False)
     assert result.attempted > 0
-    assert result.failed == 0, f"{result.failed} doctest(s) failed in benchmarks/{name}"
+    assert result.failed == 0, f"{result.failed} doctest(s) failed in {name}"

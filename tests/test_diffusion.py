@@ -600,6 +600,78 @@ def test_paired_slices_fill_the_background_but_sample_only_brain_slices():
     assert set(np.unique(b1.target.numpy())) <= {0.0, np.float32(0.6), np.float32(0.8)}
 
 
+def test_paired_slices_with_a_crop_beyond_the_slice_give_whole_slices_padded_like_inference():
+    from harmonize_bids.diffusion.sampler import _pad_to
+    from harmonize_bids.training.data import PairedSlices
+
+    rng = np.random.default_rng(3)
+    vols = {"x": {s: rng.uniform(0.1, 1.0, (14, 18, 6)).astype(np.float32) for s in "st"}}
+    data = PairedSlices(vols, ["s", "t"], crop=(16, 24), augment=0.0, residual_bias=0.0,
+                        slice_blur=0.0)
+    batch = data.sample(6, np.random.default_rng(0))
+    assert batch.target.shape == (6, 1, 16, 24)
+    for target, site in zip(batch.target, batch.target_site):
+        volume = vols["x"]["st"[int(site)]]
+        z = [z for z in range(6) if np.array_equal(volume[..., z], target[0, :14, :18])]
+        assert len(z) == 1, "a whole slice of the volume, not a part of it"
+        padded, _ = _pad_to(torch.from_numpy(volume[None, None, :, :, z[0]]), 8)
+        assert torch.equal(target[None], padded)  # zeros below and right, as at inference
+
+
+def test_region_group_norm_takes_its_statistics_inside_the_region():
+    from harmonize_bids.diffusion.unet import RegionGroupNorm
+
+    torch.manual_seed(0)
+    norm = RegionGroupNorm(2, 4)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = torch.randn(2, 4, 6, 7)
+    region = torch.zeros(2, 1, 6, 7, dtype=torch.bool)
+    region[0, :, 1:4, 2:6] = True  # sample 1: empty region -> statistics over everything
+    assert torch.allclose(norm(x), torch.nn.functional.group_norm(
+        x, 2, norm.weight, norm.bias, norm.eps))
+    assert torch.allclose(norm(x, torch.ones_like(region)), norm(x), atol=1e-6)
+    out = norm(x, region)
+    assert torch.allclose(out[1], norm(x)[1], atol=1e-6)
+    for g, chans in enumerate(([0, 1], [2, 3])):
+        inside = x[0, chans][:, 1:4, 2:6]
+        mean, var = inside.mean(), inside.var(unbiased=False)
+        expected = (x[0, chans] - mean) / torch.sqrt(var + norm.eps)
+        expected = expected * norm.weight[chans, None, None] + norm.bias[chans, None, None]
+        assert torch.allclose(out[0, chans], expected, atol=1e-5)  # every pixel, same stats
+
+
+@pytest.mark.parametrize("norm_in_brain", [True, False])
+def test_normalizing_in_the_brain_makes_the_output_independent_of_the_background(
+        norm_in_brain):
+    model = tiny_model(source_input=True, norm_in_brain=norm_in_brain).eval()
+    rng = np.random.default_rng(0)
+    brain = torch.from_numpy(rng.uniform(0.2, 1.0, (3, 8, 8)).astype(np.float32))
+    x_brain = torch.from_numpy(rng.standard_normal((1, 8, 8)).astype(np.float32))
+
+    def predict(size: int) -> torch.Tensor:  # the same brain amid more or less background
+        at = slice((size - 8) // 2, (size - 8) // 2 + 8)
+        source, x_t = torch.zeros(1, 3, size, size), torch.zeros(1, 1, size, size)
+        source[0, :, at, at], x_t[0, :, at, at] = brain, x_brain
+        with torch.no_grad():
+            out = model(x_t, torch.tensor([500]), torch.tensor([0]), model.encode(source),
+                        source)
+        return out[0, 0, at, at]
+
+    small, large = predict(64), predict(112)  # brain beyond the receptive field's reach
+    assert torch.allclose(small, large, atol=1e-5) == norm_in_brain
+
+
+def test_norm_in_brain_needs_a_zero_background_and_keeps_the_weights_layout():
+    with pytest.raises(ValueError, match="zero background"):
+        ModelConfig(sites=("a",), norm_in_brain=True, fill_background=2)
+    plain, in_brain = tiny_model(), tiny_model(norm_in_brain=True)
+    assert plain.state_dict().keys() == in_brain.state_dict().keys()
+    old = ModelConfig(sites=("a",)).to_dict()
+    del old["norm_in_brain"]  # a model saved before the option
+    assert ModelConfig.from_dict(old).norm_in_brain is False
+
+
 def test_harmonize_volume_feeds_the_filled_background_and_masks_the_output():
     from harmonize_bids.diffusion.volume import harmonize_volume
 

@@ -26,9 +26,10 @@ class ConditionEncoder(nn.Module):
         self.net = UNet(2 * context_slices + 1, cond_channels, base_channels, channel_mults)
         self.bottleneck_noise = bottleneck_noise
 
-    def forward(self, source: torch.Tensor, generator: torch.Generator | None = None
-                ) -> torch.Tensor:
-        c = torch.tanh(self.net(source))
+    def forward(self, source: torch.Tensor, generator: torch.Generator | None = None,
+                region: torch.Tensor | None = None) -> torch.Tensor:
+        """``region``: normalize inside it only (:class:`~harmonize_bids.diffusion.unet.UNet`)."""
+        c = torch.tanh(self.net(source, region=region))
         if self.training and self.bottleneck_noise > 0:
             noise = torch.randn(c.shape, generator=generator, dtype=c.dtype).to(c.device)
             c = c + self.bottleneck_noise * noise

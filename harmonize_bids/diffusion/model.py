@@ -49,6 +49,10 @@ class ModelConfig:
     #: value in training and at inference (:func:`harmonize_bids.utils.background.fill_background`);
     #: 0: zero background (the bundled model)
     fill_background: int = 0
+    #: normalize (and attend) inside the source's footprint (its non-zero voxels: the
+    #: brain) only, so the output does not depend on the background around the brain
+    #: (:class:`~harmonize_bids.diffusion.unet.RegionGroupNorm`); needs a zero background
+    norm_in_brain: bool = False
     #: site -> tissue intensity landmarks of its images (:mod:`harmonize_bids.site_intensity`);
     #: data, not network: the participant level maps each output onto its target's
     site_landmarks: dict = field(default_factory=dict)
@@ -59,6 +63,8 @@ class ModelConfig:
             raise ValueError(f"sites must be unique and non-empty: {self.sites}")
         if int(self.fill_background) != self.fill_background or self.fill_background < 0:
             raise ValueError(f"fill_background must be an integer >= 0, got {self.fill_background}")
+        if self.norm_in_brain and self.fill_background:
+            raise ValueError("norm_in_brain needs a zero background (fill_background=0)")
         if self.prediction not in ("eps", "x0", "v"):
             raise ValueError(f"unknown prediction {self.prediction!r}")
         for name in ("sites", "channel_mults", "attention_levels"):
@@ -127,20 +133,27 @@ class HarmonizationModel(nn.Module):
     def schedule(self) -> NoiseSchedule:
         return NoiseSchedule.make(self.config.num_timesteps, self.config.schedule)
 
+    def region(self, source: torch.Tensor) -> torch.Tensor | None:
+        """Where the normalizations take their statistics: the pixels where any slice of
+        the source stack has signal (``config.norm_in_brain``), else everywhere (None)."""
+        return (source != 0).any(dim=1, keepdim=True) if self.config.norm_in_brain else None
+
     def encode(self, source: torch.Tensor, generator: torch.Generator | None = None
                ) -> torch.Tensor:
         """Anatomical condition of source slices ``[N x (2k+1) x H x W]``."""
-        return self.encoder(source, generator)
+        return self.encoder(source, generator, self.region(source))
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, site: torch.Tensor,
                 cond: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
         """Prediction for ``x_t``; ``source`` (the stack ``cond`` was encoded from) is
-        required when ``config.source_input`` and ignored otherwise."""
+        required when ``config.source_input`` or ``config.norm_in_brain`` and ignored
+        otherwise."""
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
         emb = emb + self.site_embedding(site)
         inputs = [x_t, cond]
+        if (self.config.source_input or self.config.norm_in_brain) and source is None:
+            raise ValueError("this model reads the source stack: pass source=")
         if self.config.source_input:
-            if source is None:
-                raise ValueError("this model reads the source stack: pass source=")
             inputs.append(source.to(x_t.dtype))
-        return self.denoiser(torch.cat(inputs, dim=1), emb)
+        region = self.region(source) if source is not None else None
+        return self.denoiser(torch.cat(inputs, dim=1), emb, region)

@@ -3,6 +3,11 @@
 Shapes: ``x_t [N x 1 x H x W]``, ``cond [N x C_c x H x W]``, ``t [N]`` (original
 timesteps, 0..T-1), ``site [N]`` (indices).  H and W must be divisible by
 ``2 ** (len(channel_mults) - 1)`` (the sampler pads).
+
+With a ``region`` mask ``[N x 1 x H x W]`` (the brain), every normalization takes its
+statistics inside the region only and attention attends to it only, so the output
+inside the brain does not depend on how much empty background surrounds it (the
+field of view; ``docs/model.md``, session 22).
 """
 from __future__ import annotations
 
@@ -23,8 +28,43 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return F.pad(emb, (0, dim % 2))
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(8, channels), channels)
+class RegionGroupNorm(nn.GroupNorm):
+    """GroupNorm whose statistics may be taken inside a region only.
+
+    ``forward(x)`` is plain GroupNorm; ``forward(x, region)`` computes each group's mean
+    and variance over the pixels where ``region [N x 1 x H x W]`` is true (over all
+    pixels of a sample whose region is empty) and normalizes every pixel with them.
+    Same parameters as :class:`torch.nn.GroupNorm`, so weights move between the two.
+    """
+
+    def forward(self, x: torch.Tensor, region: torch.Tensor | None = None) -> torch.Tensor:
+        if region is None:
+            return super().forward(x)
+        n, c, h, w = x.shape
+        g = self.num_groups
+        xg = x.float().reshape(n, g, c // g, h * w)
+        m = region.reshape(n, 1, 1, h * w).to(xg.dtype)
+        m = torch.where(m.sum(-1, keepdim=True) > 0, m, torch.ones_like(m))
+        count = m.sum(-1, keepdim=True) * (c // g)
+        mean = (xg * m).sum((-2, -1), keepdim=True) / count
+        var = ((xg - mean) ** 2 * m).sum((-2, -1), keepdim=True) / count
+        out = ((xg - mean) * torch.rsqrt(var + self.eps)).reshape(n, c, h, w)
+        if self.affine:
+            out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return out.to(x.dtype)
+
+
+def _norm(channels: int) -> RegionGroupNorm:
+    return RegionGroupNorm(min(8, channels), channels)
+
+
+def region_pyramid(region: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """``region`` at each resolution of the UNet (a pixel is in if any pixel it covers
+    is; sizes as the stride-2 convolutions give them)."""
+    out = [region.float()]
+    for _ in range(levels - 1):
+        out.append(F.max_pool2d(out[-1], 3, stride=2, padding=1))
+    return [r > 0 for r in out]
 
 
 class ResBlock(nn.Module):
@@ -40,9 +80,10 @@ class ResBlock(nn.Module):
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.norm2(h)
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
+                region: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x, region)))
+        h = self.norm2(h, region)
         if self.film is not None and emb is not None:
             scale, shift = self.film(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
             h = h * (1 + scale) + shift
@@ -58,10 +99,14 @@ class Attention(nn.Module):
         self.norm = _norm(channels)
         self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, region: torch.Tensor | None = None) -> torch.Tensor:
         n, c, h, w = x.shape
-        seq = self.norm(x).flatten(2).transpose(1, 2)
-        out, _ = self.attn(seq, seq, seq, need_weights=False)
+        seq = self.norm(x, region).flatten(2).transpose(1, 2)
+        ignore = None
+        if region is not None:  # attend to the region only (to every pixel if it is empty)
+            ignore = ~region.flatten(1)
+            ignore = ignore & ~ignore.all(dim=1, keepdim=True)
+        out, _ = self.attn(seq, seq, seq, key_padding_mask=ignore, need_weights=False)
         return x + out.transpose(1, 2).reshape(n, c, h, w)
 
 
@@ -112,27 +157,32 @@ class UNet(nn.Module):
         #: (less memory for bigger batches/patches, more compute); training only
         self.gradient_checkpointing = False
 
-    def _run(self, blocks: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor | None
-             ) -> torch.Tensor:
+    def _run(self, blocks: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor | None,
+             region: torch.Tensor | None) -> torch.Tensor:
         for block in blocks:
-            args = (h, emb) if isinstance(block, ResBlock) else (h,)
+            args = (h, emb, region) if isinstance(block, ResBlock) else (h, region)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 h = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
             else:
                 h = block(*args)
         return h
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
+                region: torch.Tensor | None = None) -> torch.Tensor:
+        """``region``: normalize (and attend) inside it only (module docstring)."""
+        regions = region_pyramid(region, self.levels) if region is not None \
+            else [None] * self.levels
         h = self.inp(x)
         skips = []
-        for blocks, down in zip(self.down, self.downsample):
-            h = self._run(blocks, h, emb)
+        for level, (blocks, down) in enumerate(zip(self.down, self.downsample)):
+            h = self._run(blocks, h, emb, regions[level])
             skips.append(h)
             h = down(h)
-        h = self._run(self.mid, h, emb)
-        for blocks in self.up:
+        h = self._run(self.mid, h, emb, regions[-1])
+        for level, blocks in zip(reversed(range(self.levels)), self.up):
             skip = skips.pop()
             if h.shape[-2:] != skip.shape[-2:]:
                 h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
-            h = self._run(blocks, torch.cat([h, skip], dim=1), emb)
-        return self.out(h)
+            h = self._run(blocks, torch.cat([h, skip], dim=1), emb, regions[level])
+        norm, act, conv = self.out
+        return conv(act(norm(h, regions[0])))
