@@ -633,7 +633,7 @@ def test_region_group_norm_takes_its_statistics_inside_the_region():
     assert torch.allclose(norm(x, torch.ones_like(region)), norm(x), atol=1e-6)
     out = norm(x, region)
     assert torch.allclose(out[1], norm(x)[1], atol=1e-6)
-    for g, chans in enumerate(([0, 1], [2, 3])):
+    for chans in ([0, 1], [2, 3]):
         inside = x[0, chans][:, 1:4, 2:6]
         mean, var = inside.mean(), inside.var(unbiased=False)
         expected = (x[0, chans] - mean) / torch.sqrt(var + norm.eps)
