@@ -262,6 +262,11 @@ def main() -> None:
                         help="weight of the output-consistency term: the predictions from "
                              "the same anatomy at two source sites must agree "
                              "(TrainConfig.output_consistency_weight; 0: off)")
+    parser.add_argument("--edge-weight", type=float, default=0.0,
+                        help="extra weight of the diffusion loss in the brain's outer band "
+                             "(TrainConfig.edge_weight; 0: off)")
+    parser.add_argument("--edge-width", type=int, default=3,
+                        help="width of that band in voxels (TrainConfig.edge_width)")
     parser.add_argument("--run-name", default="",
                         help="keep this run's training state in WORK/RUN_NAME (the data "
                              "stages stay shared)")
@@ -392,7 +397,8 @@ def main() -> None:
     device = resolve_device(args.device)
     train_config = TrainConfig(lr=2e-4, bf16=use_bf16(device), log_every=200, seed=0,
                                distribution_weight=args.distribution_weight,
-                               output_consistency_weight=args.output_consistency_weight)
+                               output_consistency_weight=args.output_consistency_weight,
+                               edge_weight=args.edge_weight, edge_width=args.edge_width)
     loop = TrainLoop(model, lambda r: data.sample(args.batch_size, r),
                      train_config, device=device)
     run_dir = work / args.run_name if args.run_name else work
@@ -453,6 +459,8 @@ def main() -> None:
                      "max_loss_weight": train_config.max_loss_weight,
                      "distribution_weight": train_config.distribution_weight,
                      "output_consistency_weight": train_config.output_consistency_weight,
+                     "edge_weight": train_config.edge_weight,
+                     "edge_width": train_config.edge_width,
                      "simulated_bias_field": (
                          "the protocols' own, then N4-corrected (--n4-renders)"
                          if args.n4_renders else "none (bias-free renders)")

@@ -364,6 +364,49 @@ def test_distribution_term_enters_the_loss_and_has_gradients():
                for p in model.denoiser.parameters())
 
 
+def test_edge_weight_counts_the_brains_outer_band_more():
+    """With edge_weight 0 the diffusion loss is the plain mean; with it, an error in the
+    brain's outer band costs more than the same error deep inside or outside."""
+    from harmonize_bids.training.data import Batch
+    from harmonize_bids.training.loop import TrainConfig, edge_band_weights, training_losses
+
+    brain = torch.zeros(1, 1, 12, 12, dtype=torch.bool)
+    brain[..., 2:10, 2:10] = True
+    w = edge_band_weights(brain, 2, 4.0)
+    assert float(w[0, 0, 5, 5]) == 1.0 and float(w[0, 0, 0, 0]) == 1.0  # deep, outside
+    assert float(w[0, 0, 2, 5]) == 5.0 and float(w[0, 0, 3, 3]) == 5.0  # band (2 pixels)
+    assert float(w[0, 0, 4, 5]) == 1.0
+
+    model = tiny_model().eval()
+    g = torch.Generator().manual_seed(0)
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 2:14, 2:14] = 0.2 + torch.rand(2, 1, 12, 12, generator=g)
+    batch = Batch(torch.rand(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g),
+                  target, torch.tensor([0, 1]), torch.tensor([0, 1]))
+    t, noise = torch.tensor([50, 300]), torch.randn(2, 1, 16, 16, generator=g)
+    sched = model.schedule()
+    with torch.no_grad():
+        plain = training_losses(model, sched, batch, t, noise, TrainConfig())["diffusion"]
+        zero = training_losses(model, sched, batch, t, noise,
+                               TrainConfig(edge_weight=0.0, edge_width=5))["diffusion"]
+        ab = torch.as_tensor(sched.alphas_cumprod, dtype=torch.float32)[t][:, None, None, None]
+        out = model(sched.q_sample(target, noise, ab), t, batch.target_site,
+                    model.encode(batch.source), batch.source)
+    assert torch.equal(plain, zero)
+    # the weighted loss is the weighted mean of the per-pixel errors, by hand
+    from harmonize_bids.diffusion.schedule import loss_weight
+    v = sched.v_target(target, noise, ab)
+    pix = edge_band_weights(target > 0, 2, 3.0)
+    by_hand = (loss_weight(ab.flatten(), "v", 5.0) * ((pix * (out - v) ** 2).sum((1, 2, 3))
+                                                      / pix.sum((1, 2, 3)))).mean()
+    with torch.no_grad():
+        edged = training_losses(model, sched, batch, t, noise,
+                                TrainConfig(edge_weight=3.0, edge_width=2))["diffusion"]
+    assert model.config.prediction == "v"
+    assert torch.allclose(edged, by_hand, rtol=1e-5)
+    assert not torch.allclose(edged, plain)
+
+
 @pytest.mark.parametrize("source_input", [False, True])
 def test_output_consistency_term_compares_predictions_from_two_sites(source_input):
     """Zero when both sources are the same slice, positive otherwise, added to the loss

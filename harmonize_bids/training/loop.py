@@ -3,7 +3,9 @@
 Loss = diffusion loss (MSE of the v/eps/x0 prediction of the *target-site*
 slice, conditioned on the *source-site* condition; each sample weighted by
 :func:`~harmonize_bids.diffusion.schedule.loss_weight`, so nearly clean inputs
-do not take most of the gradient)
+do not take most of the gradient; with ``edge_weight`` the pixels of the brain
+within ``edge_width`` pixels of its edge count ``1 + edge_weight`` times, see
+:func:`edge_band_weights`)
 + ``consistency_weight`` * MSE(c(source), c(same anatomy at another site))
 + ``adversary_weight`` * cross-entropy of a site classifier on c, whose
 gradient is reversed into the encoder (so c stops carrying the site)
@@ -54,6 +56,30 @@ class TrainConfig:
     distribution_weight: float = 0.0
     #: weight of the output-consistency term (0: off, as in models up to session 11)
     output_consistency_weight: float = 0.0
+    #: extra weight of the diffusion loss in the brain's outer band (0: off, as before
+    #: session 23) and the band's width in pixels (:func:`edge_band_weights`)
+    edge_weight: float = 0.0
+    edge_width: int = 3
+
+
+def edge_band_weights(brain: torch.Tensor, width: int, edge_weight: float) -> torch.Tensor:
+    """Per-pixel loss weights ``[B x 1 x H x W]``: 1, and ``1 + edge_weight`` on the
+    pixels of ``brain`` (bool, ``[B x 1 x H x W]``) within ``width`` pixels (in-plane,
+    chessboard distance) of a non-brain pixel.
+
+    Pixels beyond the crop's border count as brain, so a crop through the brain has no
+    edge there.
+
+    >>> brain = torch.zeros(1, 1, 1, 7, dtype=torch.bool); brain[..., 1:6] = True
+    >>> edge_band_weights(brain, 1, 2.0).flatten().tolist()
+    [1.0, 3.0, 1.0, 1.0, 1.0, 3.0, 1.0]
+    >>> edge_band_weights(torch.ones(1, 1, 1, 4, dtype=torch.bool), 1, 2.0).flatten().tolist()
+    [1.0, 1.0, 1.0, 1.0]
+    """
+    outside = (~brain).float()
+    # dilating the outside by ``width`` (max-pooling pads with -inf: no edge at the border)
+    near = F.max_pool2d(outside, 2 * width + 1, stride=1, padding=width) > 0
+    return 1.0 + edge_weight * (brain & near).float()
 
 
 def distribution_loss(x0: torch.Tensor, target: torch.Tensor, ab: torch.Tensor,
@@ -102,7 +128,14 @@ def training_losses(model: HarmonizationModel, schedule: NoiseSchedule, batch: B
     target = {"eps": noise, "x0": batch.target,
               "v": NoiseSchedule.v_target(batch.target, noise, ab)}[pred]
     weight = loss_weight(ab.flatten(), pred, config.max_loss_weight)
-    per_sample = ((out.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
+    squared = (out.float() - target.float()) ** 2
+    if config.edge_weight:
+        pixel_weight = edge_band_weights(batch.target > 0, config.edge_width,
+                                         config.edge_weight)
+        per_sample = (pixel_weight * squared).sum(dim=(1, 2, 3)) / pixel_weight.sum(
+            dim=(1, 2, 3))
+    else:
+        per_sample = squared.mean(dim=(1, 2, 3))
     losses = {"diffusion": (weight * per_sample).mean()}
     if config.distribution_weight:
         x0, _ = NoiseSchedule.x0_eps_from(pred, out.float(), x_t.float(), ab)
