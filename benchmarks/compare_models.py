@@ -54,11 +54,14 @@ def parse_models(specs: list[str]) -> dict[str, str | None]:
 
 def score(image: np.ndarray, truth: np.ndarray, mask: np.ndarray, labels: np.ndarray,
           truth_classes: np.ndarray) -> list:
-    """One row: :data:`COLUMNS` then the WM and GM depth profiles (fractions).
+    """One row: :data:`COLUMNS`, the WM and GM depth profiles, then the WM error by chunk
+    of axial slices, inferior to superior (``prediction_level.level_by_z``; fractions).
 
     ``truth_classes``: the truth's own 3-class segmentation, against which the
     image's segmentation is scored for "agreement" (anatomy, not contrast; what
     ``tissue_agreement.py`` scores)."""
+    from prediction_level import level_by_z  # here: that module imports this one
+
     from harmonize_bids import metrics
 
     r = metrics.compare(image, truth, mask, labels)
@@ -66,15 +69,24 @@ def score(image: np.ndarray, truth: np.ndarray, mask: np.ndarray, labels: np.nda
     e = error_parts(image, truth, mask)
     agreement = metrics.tissue_dice(image, mask, truth_classes)["mean"]
     return [r["ssim"], r["psnr"], r["tissue_dice"], agreement,
-            e["coarse"] * 1e4, d["depth x tissue"] * 1e4, *d["wm"], *d["gm"]]
+            e["coarse"] * 1e4, d["depth x tissue"] * 1e4, *d["wm"], *d["gm"],
+            *(np.asarray(level_by_z(metrics.robust_normalize(image, mask),
+                                    metrics.robust_normalize(truth, mask),
+                                    np.where(mask > 0, labels, 0), 3, 1.0)) / 100)]
 
 
 def table(rows: dict[tuple[str, str], list[list[float]]], sources: list[str]) -> str:
-    """Markdown: one line per source and method, means over anatomies."""
+    """Markdown: one line per source and method, means over anatomies.
+
+    >>> row = [0.9, 22.0, 0.8, 0.85, 10.0, 12.0] + [-0.05] * 7 + [0.01] * 7 + [-0.1] + [0.0] * 5
+    >>> print(table({("ours", "a"): [row, row]}, ["a"]).splitlines()[-1])
+    | a | ours | 0.900 | 22.00 | 0.800 | 0.850 | 10.0 | 12.0 | -5.0 -5.0 -5.0 -5.0 -5.0 -5.0 -5.0 | +1.0 +1.0 +1.0 +1.0 +1.0 +1.0 +1.0 | -10.0 +0.0 +0.0 +0.0 +0.0 +0.0 |
+    """
     n = len(DEPTH_NAMES)
     head = ("| source | method | SSIM | PSNR | tissue Dice | agreement | coarse | depth x tissue "
-            f"| WM by depth ({', '.join(DEPTH_NAMES)} vox), % | GM by depth, % |")
-    lines = [head, "|" + "---|" * 10]
+            f"| WM by depth ({', '.join(DEPTH_NAMES)} vox), % | GM by depth, % "
+            "| WM by slice chunk (inf -> sup), % |")
+    lines = [head, "|" + "---|" * 11]
     for src in sources + ["(rescan)"]:
         for (method, s), vals in rows.items():
             if s != src:
@@ -82,8 +94,9 @@ def table(rows: dict[tuple[str, str], list[list[float]]], sources: list[str]) ->
             v = np.nanmean(np.asarray(vals, float), axis=0)
             wm = " ".join(f"{100 * x:+.1f}" for x in v[6:6 + n])
             gm = " ".join(f"{100 * x:+.1f}" for x in v[6 + n:6 + 2 * n])
+            wm_z = " ".join(f"{100 * x:+.1f}" for x in v[6 + 2 * n:])
             lines.append(f"| {src} | {method} | {v[0]:.3f} | {v[1]:.2f} | {v[2]:.3f} | "
-                         f"{v[3]:.3f} | {v[4]:.1f} | {v[5]:.1f} | {wm} | {gm} |")
+                         f"{v[3]:.3f} | {v[4]:.1f} | {v[5]:.1f} | {wm} | {gm} | {wm_z} |")
     return "\n".join(lines)
 
 
