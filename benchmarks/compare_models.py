@@ -31,7 +31,7 @@ import nibabel as nb
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from error_bands import DEPTH_NAMES, depth_parts, error_parts  # noqa: E402
+from error_bands import DEPTH_NAMES, depth_parts, error_parts, level_by_z  # noqa: E402
 from train_simulated import load_ras, ras_volumes  # noqa: E402
 
 COLUMNS = ("SSIM", "PSNR", "Dice", "agreement", "coarse", "depth x tissue")
@@ -55,13 +55,11 @@ def parse_models(specs: list[str]) -> dict[str, str | None]:
 def score(image: np.ndarray, truth: np.ndarray, mask: np.ndarray, labels: np.ndarray,
           truth_classes: np.ndarray) -> list:
     """One row: :data:`COLUMNS`, the WM and GM depth profiles, then the WM error by chunk
-    of axial slices, inferior to superior (``prediction_level.level_by_z``; fractions).
+    of axial slices, inferior to superior (:func:`error_bands.level_by_z`; fractions).
 
     ``truth_classes``: the truth's own 3-class segmentation, against which the
     image's segmentation is scored for "agreement" (anatomy, not contrast; what
     ``tissue_agreement.py`` scores)."""
-    from prediction_level import level_by_z  # here: that module imports this one
-
     from harmonize_bids import metrics
 
     r = metrics.compare(image, truth, mask, labels)

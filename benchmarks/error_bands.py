@@ -80,6 +80,25 @@ def error_parts(image: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict[
     }
 
 
+def level_by_z(image: np.ndarray, truth: np.ndarray, tissue: np.ndarray, label: int,
+               reference: float, n_chunks: int = 6) -> list[float]:
+    """Mean ``image - truth`` over the voxels of ``tissue == label``, per slice, averaged
+    over ``n_chunks`` runs of consecutive slices (axis 2, those holding the label), in %
+    of ``reference``.
+
+    >>> truth = np.ones((4, 4, 6)); tissue = np.full(truth.shape, 3)
+    >>> image = truth.copy(); image[:, :, -1] = 0.9   # the top slice 10 % dark
+    >>> level_by_z(image, truth, tissue, 3, 1.0, n_chunks=3)
+    [0.0, 0.0, -5.0]
+    """
+    from harmonize_bids.utils.slices import slice_means
+
+    means, counts = slice_means(image - truth, tissue == label, axis=2)
+    held = means[counts > 0]  # the slices holding the label, inferior to superior
+    return [round(100 * float(chunk.mean()) / reference, 6)
+            for chunk in np.array_split(held, n_chunks)]
+
+
 def depth_parts(image: np.ndarray, truth: np.ndarray, mask: np.ndarray,
                 tissue: np.ndarray) -> dict:
     """Mean error (image minus truth, robust-normalized) per tissue and depth bin,

@@ -11,8 +11,8 @@ levelling, no landmark match) in the model's own normalized units:
   noised to t exactly as in training (at t = 999 the estimate from the source alone);
 - the sampled chain (S steps x chains, the app's sampler), raw.
 
-On a *training* anatomy a well-fitted network has no systematic level error; session 23
-found every bundled model since session 3 some 5 % too dark in the middle slices and
+On a *training* anatomy a well-fitted network has no systematic level error; in session 23
+the bundled model and its fine-tunes were 5-6 % too dark in the middle slices and
 10-14 % at both ends already at t = 999 (``docs/model.md``, "Decisions of session 23").
 
     python benchmarks/prediction_level.py --data /tmp/hb_s22/simulated_n4 \\
@@ -32,28 +32,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_models import parse_models  # noqa: E402
+from error_bands import level_by_z  # noqa: E402
 from train_simulated import load_ras  # noqa: E402
 
 TIMESTEPS = (50, 200, 400, 600, 800, 999)
-
-
-def level_by_z(image: np.ndarray, truth: np.ndarray, tissue: np.ndarray, label: int,
-               reference: float, n_chunks: int = 6) -> list[float]:
-    """Mean ``image - truth`` over the voxels of ``tissue == label``, per slice, averaged
-    over ``n_chunks`` runs of consecutive slices (axis 2, those holding the label), in %
-    of ``reference``.
-
-    >>> truth = np.ones((4, 4, 6)); tissue = np.full(truth.shape, 3)
-    >>> image = truth.copy(); image[:, :, -1] = 0.9   # the top slice 10 % dark
-    >>> level_by_z(image, truth, tissue, 3, 1.0, n_chunks=3)
-    [0.0, 0.0, -5.0]
-    """
-    sel = tissue == label
-    zs = np.nonzero(sel.any(axis=(0, 1)))[0]
-    err = image - truth
-    per_slice = {int(z): float(err[:, :, z][sel[:, :, z]].mean()) for z in zs}
-    return [round(100 * float(np.mean([per_slice[int(z)] for z in chunk])) / reference, 6)
-            for chunk in np.array_split(zs, n_chunks)]
 
 
 def one_step_estimates(model, source: np.ndarray, truth: np.ndarray, mask: np.ndarray,

@@ -365,8 +365,8 @@ def test_distribution_term_enters_the_loss_and_has_gradients():
 
 
 def test_edge_weight_counts_the_brains_outer_band_more():
-    """With edge_weight 0 the diffusion loss is the plain mean; with it, an error in the
-    brain's outer band costs more than the same error deep inside or outside."""
+    """The band's weights by hand; with edge_weight 0 the diffusion loss is the plain
+    mean, with it the weighted mean of the per-pixel errors (and differs)."""
     from harmonize_bids.training.data import Batch
     from harmonize_bids.training.loop import TrainConfig, edge_band_weights, training_losses
 
