@@ -79,6 +79,19 @@ def load(path: Path) -> np.ndarray:
 
 MATCH_SUFFIX = {None: "", "medians": " + tissue match", "quartiles": " + tissue quartile match",
                 "deciles": " + tissue decile match", "vigintiles": " + tissue vigintile match"}
+#: a match variant ``SCHEME + SUBJECT`` keeps the scan's deviation from its own site's mean
+SUBJECT = "+subject"
+
+
+def match_suffix(scheme: str | None) -> str:
+    """The row-name suffix of a landmark match variant.
+
+    >>> match_suffix("vigintiles"), match_suffix("vigintiles+subject")
+    (' + tissue vigintile match', ' + subject-kept tissue vigintile match')
+    """
+    if scheme is not None and scheme.endswith(SUBJECT):
+        return MATCH_SUFFIX[scheme[:-len(SUBJECT)]].replace(" + ", " + subject-kept ", 1)
+    return MATCH_SUFFIX[scheme]
 
 
 def ours_name(sampler, scheme: str | None = None, levelled: bool = True) -> str:
@@ -91,7 +104,7 @@ def ours_name(sampler, scheme: str | None = None, levelled: bool = True) -> str:
     stop = f", stop {sampler.stop:g}" if sampler.stop else ""
     start = f", strength {sampler.strength:g}" if sampler.strength != 1 else ""
     unlevelled = "" if levelled else ", unlevelled"
-    return f"ours (S={sampler.steps}{chains}{start}{stop}{unlevelled})" + MATCH_SUFFIX[scheme]
+    return f"ours (S={sampler.steps}{chains}{start}{stop}{unlevelled})" + match_suffix(scheme)
 
 
 def match_variants(model, targets: list[str]) -> tuple[str | None, ...]:
@@ -109,17 +122,30 @@ def match_variants(model, targets: list[str]) -> tuple[str | None, ...]:
     return (None, *filter(served, SCHEMES))
 
 
-def matched(image, mask, model, site: str, scheme: str | None):
-    """``image`` as sampled (``scheme`` None) or mapped onto ``site``'s stored landmarks."""
-    from harmonize_bids.site_intensity import match_landmarks, target_landmarks
+def matched(image, mask, model, site: str, scheme: str | None, source=None,
+            source_site: str | None = None):
+    """``image`` as sampled (``scheme`` None) or mapped onto ``site``'s stored landmarks;
+    for ``SCHEME+subject``, moved by the ``source`` scan's deviation from its own site's
+    stored landmarks (``site_intensity.subject_target_landmarks``) when the model stores
+    ``source_site``'s, else the plain ``SCHEME`` match."""
+    from harmonize_bids.site_intensity import (match_landmarks, subject_target_landmarks,
+                                               target_landmarks)
 
     if scheme is None:
         return image
+    if scheme.endswith(SUBJECT):
+        scheme = scheme[:-len(SUBJECT)]
+        if source is not None and source_site in model.config.site_landmarks:
+            try:
+                return match_landmarks(image, mask, subject_target_landmarks(
+                    model.config, site, scheme, source_site, source, mask))
+            except ValueError:
+                pass
     return match_landmarks(image, mask, target_landmarks(model.config, site, scheme))
 
 
 def our_variants(raw, source, mask, model, target: str, levels: tuple[bool, ...],
-                 matches: tuple[str | None, ...]):
+                 matches: tuple[str | None, ...], source_site: str | None = None):
     """``(levelled, scheme, image, seconds)`` for each variant of one chain's output
     ``raw``: slice levelling on or off (``harmonize_volume(..., level=True)`` is
     ``level_slices`` of its ``level=False`` output, tested), then each landmark scheme;
@@ -132,7 +158,7 @@ def our_variants(raw, source, mask, model, target: str, levels: tuple[bool, ...]
         levelling = time.monotonic() - t0
         for scheme in matches:
             t1 = time.monotonic()
-            final = matched(image, mask, model, target, scheme)
+            final = matched(image, mask, model, target, scheme, source, source_site)
             yield levelled, scheme, final, levelling + time.monotonic() - t1
 
 
@@ -233,7 +259,7 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
                                        sampler, seed=0, level=False)
                 spent = time.monotonic() - t0
                 for lev, m, final, extra in our_variants(raw, src, mask, model, target,
-                                                         levels, matches):
+                                                         levels, matches, img.site):
                     seconds[lev, m] += spent + extra
                     meta = {"TargetSite": target, "SourceSite": img.site,
                             **sampler.metadata(), "SliceLevelsEqualized": lev,
@@ -432,6 +458,10 @@ def main() -> None:
                              "peers' outputs do not depend on the model; "
                              "site_predictability_rescore.py scores ours beside an earlier "
                              "run's peer folders)")
+    parser.add_argument("--keep-subject", action="store_true",
+                        help="also score the finest landmark match with the scan's deviation "
+                             "from its own site's mean kept (sources from a site the model "
+                             "stores landmarks for; others get the plain match)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/hb_quality"))
     parser.add_argument("--results", type=Path, required=True,
@@ -447,6 +477,8 @@ def main() -> None:
                 for st in args.steps for sg in args.strength for sp in args.stop_at
                 for n in args.samples]
     matches = match_variants(model, args.targets)
+    if args.keep_subject and len(matches) > 1:
+        matches = (*matches, matches[-1] + SUBJECT)
     peers = {} if args.no_peers else peer_methods()
     levels = {"on": (True,), "off": (False,), "both": (False, True)}[args.level_slices]
     tables, held_out = simulated_track(model, card, args.targets, samplers, args.out_dir,

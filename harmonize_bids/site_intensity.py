@@ -126,6 +126,48 @@ def coarsen(landmarks: Sequence[float], per_tissue: int) -> np.ndarray:
     return arr[keep]
 
 
+def wm_median_index(per_tissue: int) -> int:
+    """Where the white-matter median sits in a landmark vector of ``per_tissue`` quantiles.
+
+    >>> wm_median_index(1), wm_median_index(3), wm_median_index(19)
+    (3, 8, 48)
+    """
+    if int(per_tissue) < 1 or per_tissue % 2 == 0:
+        raise ValueError(f"only odd quantile counts hold the median, got {per_tissue}")
+    return 1 + 2 * per_tissue + per_tissue // 2
+
+
+def subject_landmarks(target_site: Sequence[float], source_site: Sequence[float],
+                      source_own: Sequence[float]) -> np.ndarray:
+    """The target site's landmarks moved by one scan's deviation from its own site's mean.
+
+    A scan's landmarks are part scanner, part subject: two brains scanned alike differ
+    in their tissue intensities (and their tissue mix moves the quantiles).  Mapping
+    every output onto the target site's *mean* landmarks also erases that subject part.
+    When the source scan's site is known (``source_site``, its mean landmarks), its
+    deviation from them is carried over: every vector is put in units of its own
+    white-matter median, and ``target * own / site`` (in those units) is returned at
+    the target's scale.  A scan that sits on its site's mean gets ``target_site``; one
+    from a site identical to the target keeps its own landmarks.
+
+    >>> t = [0.1, 0.3, 0.6, 0.8, 1.0]
+    >>> subject_landmarks(t, [0.2, 0.4, 0.7, 1.0, 1.2], [0.2, 0.4, 0.7, 1.0, 1.2]).round(6).tolist()
+    [0.1, 0.3, 0.6, 0.8, 1.0]
+    >>> subject_landmarks(t, t, [2.0, 6.0, 13.0, 16.0, 20.0]).round(6).tolist()
+    [0.1, 0.3, 0.65, 0.8, 1.0]
+    """
+    target = check_landmarks(target_site)
+    site, own = check_landmarks(source_site), check_landmarks(source_own)
+    if not len(target) == len(site) == len(own):
+        raise ValueError(f"landmark vectors of different schemes: {len(target)}, "
+                         f"{len(site)}, {len(own)} values")
+    w = wm_median_index(per_tissue_of(target))
+    if min(target[w], site[w], own[w]) <= 0 or np.any(site <= 0):
+        raise ValueError("landmarks must be positive to compare them in white-matter units")
+    out = target * (own / own[w]) / (site / site[w])
+    return check_landmarks(out)
+
+
 def site_landmarks(images: Mapping[str, Iterable[tuple[np.ndarray, np.ndarray]]],
                    per_tissue: int = STORED_PER_TISSUE) -> dict[str, list[float]]:
     """``{site: mean landmarks}`` over each site's ``(image, mask)`` pairs (rounded to 1e-4).
@@ -201,6 +243,22 @@ def target_landmarks(config, target_site: str, scheme: str) -> np.ndarray:
                     f"{per_tissue_of(stored)} quantiles per tissue")
         raise ValueError(f"the model stores '{have}' landmarks for '{target_site}', "
                          f"not '{scheme}'") from None
+
+
+def subject_target_landmarks(config, target_site: str, scheme: str, source_site: str,
+                             source: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """What to match a harmonized scan from ``source_site`` onto, keeping the subject part.
+
+    :func:`subject_landmarks` of the target site's stored landmarks in ``scheme``, the
+    source site's stored ones and the source scan's own (``source`` inside ``mask``).
+    ``ValueError`` when the model stores no landmarks for either site (an unseen source
+    scanner: the caller falls back to :func:`target_landmarks`) or the result does not
+    increase.
+    """
+    target = target_landmarks(config, target_site, scheme)
+    site = target_landmarks(config, source_site, scheme)
+    own = tissue_landmarks(source, mask, per_tissue_of(target))
+    return subject_landmarks(target, site, own)
 
 
 def finest_scheme(config, target_site: str) -> str:

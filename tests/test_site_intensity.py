@@ -349,3 +349,42 @@ def test_auto_resolves_before_any_work(tmp_path):
     assert check_target_site(model_file, "a", "medians") == "medians"
     with pytest.raises(UsageError, match="not 'deciles'"):
         check_target_site(model_file, "a", "deciles")
+
+
+def test_subject_landmarks_carry_the_scan_deviation_from_its_site():
+    target = np.array([0.1, 0.3, 0.6, 0.8, 1.0])
+    site = np.array([0.2, 0.4, 0.7, 1.0, 1.2])
+    # a scan on its site's mean (at any scale) is sent to the target site's mean
+    np.testing.assert_allclose(si.subject_landmarks(target, site, 3 * site), target)
+    # grey matter 5 % brighter than its site's (in white-matter units) stays 5 % brighter
+    own = site.copy()
+    own[2] *= 1.05
+    out = si.subject_landmarks(target, site, own)
+    np.testing.assert_allclose(out[[0, 1, 3, 4]], target[[0, 1, 3, 4]])
+    assert out[2] == pytest.approx(0.6 * 1.05)
+    # a source site identical to the target: the scan keeps its own landmarks (target scale)
+    own = np.array([0.12, 0.33, 0.62, 0.8, 0.98])
+    np.testing.assert_allclose(si.subject_landmarks(target, target, own), own)
+    with pytest.raises(ValueError, match="different schemes"):
+        si.subject_landmarks(target, site, np.linspace(0.1, 1.0, 11))
+
+
+def test_subject_target_landmarks_keep_a_brain_from_a_site_like_the_target():
+    """A brain from site 'a' whose scanner equals the target's ('b') but whose grey matter
+    is brighter than both sites' means keeps its grey matter where it is with the
+    subject part kept, and is pulled to the site mean without it."""
+    mean_brain = three_tissue_brain(means=(0.3, 0.6, 0.9), noise=0.02, seed=1)
+    site_lm = si.tissue_landmarks(*mean_brain, per_tissue=3)
+    config = ModelConfig(sites=("a", "b"),
+                         site_landmarks={"a": site_lm.round(4).tolist(),
+                                         "b": site_lm.round(4).tolist()})
+    image, mask = three_tissue_brain(means=(0.3, 0.66, 0.9), noise=0.02, seed=2)
+    kept = si.match_landmarks(image, mask, si.subject_target_landmarks(
+        config, "b", "quartiles", "a", image, mask))
+    plain = si.match_landmarks(image, mask, si.target_landmarks(config, "b", "quartiles"))
+    gm = np.abs(image - 0.66) < 0.02
+    assert np.median(kept[gm]) == pytest.approx(0.66, abs=0.005)
+    assert np.median(plain[gm]) == pytest.approx(0.60, abs=0.005)
+    with pytest.raises(ValueError, match="no tissue intensity landmarks"):
+        si.subject_target_landmarks(ModelConfig(sites=("a", "b"), site_landmarks={
+            "b": site_lm.round(4).tolist()}), "b", "quartiles", "a", image, mask)
