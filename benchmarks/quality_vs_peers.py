@@ -458,6 +458,9 @@ def main() -> None:
                              "peers' outputs do not depend on the model; "
                              "site_predictability_rescore.py scores ours beside an earlier "
                              "run's peer folders)")
+    parser.add_argument("--schemes", nargs="+", default=None,
+                        help="score only these landmark schemes beside the sampled output "
+                             "(default: every scheme the model stores)")
     parser.add_argument("--keep-subject", action="store_true",
                         help="also score the finest landmark match with the scan's deviation "
                              "from its own site's mean kept (sources from a site the model "
@@ -477,6 +480,8 @@ def main() -> None:
                 for st in args.steps for sg in args.strength for sp in args.stop_at
                 for n in args.samples]
     matches = match_variants(model, args.targets)
+    if args.schemes:
+        matches = tuple(m for m in matches if m is None or m in args.schemes)
     if args.keep_subject and len(matches) > 1:
         matches = (*matches, matches[-1] + SUBJECT)
     peers = {} if args.no_peers else peer_methods()
