@@ -50,6 +50,7 @@ class Settings:
     match_intensities: str = "auto"  # 'auto', 'none' or a site_intensity.SCHEMES name
     level_slices: bool = True
     keep_target_site: bool = True  # images at the target site: written unchanged
+    keep_subject_intensities: bool = False  # landmark match keeps the scan's own deviation
     train_steps: int = 2000
     batch_size: int = 12
     patch_size: int = 64

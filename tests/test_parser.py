@@ -188,6 +188,14 @@ def test_switches_are_on_unless_switched_off(flag, setting, tmp_path):
     assert getattr(parse_args(args + [flag]), setting) is False
 
 
+def test_keep_subject_intensities_is_off_unless_asked(tmp_path):
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    args = [str(bids), str(tmp_path / "out"), "participant"]
+    assert parse_args(args).keep_subject_intensities is False
+    assert parse_args(args + ["--keep-subject-intensities"]).keep_subject_intensities is True
+
+
 def test_omp_nthreads_drives_the_workers_thread_environment(monkeypatch, tmp_path):
     """--omp-nthreads reaches OMP_NUM_THREADS and ITK's thread count in the environment
     nipype's workers inherit, and the caller's environment comes back afterwards."""

@@ -388,3 +388,44 @@ def test_subject_target_landmarks_keep_a_brain_from_a_site_like_the_target():
     with pytest.raises(ValueError, match="no tissue intensity landmarks"):
         si.subject_target_landmarks(ModelConfig(sites=("a", "b"), site_landmarks={
             "b": site_lm.round(4).tolist()}), "b", "quartiles", "a", image, mask)
+
+
+def test_harmonize_step_keeps_the_subject_part_for_a_known_source_site(tmp_path, monkeypatch):
+    """With keep_subject and a source site the model stores landmarks for, the output's
+    grey matter keeps the scan's own deviation from its site's mean; an unknown source
+    site gets the plain match, and the log and the sidecar say which was done."""
+    import nibabel as nb
+
+    import harmonize_bids.diffusion.volume as volume
+
+    monkeypatch.setattr(volume, "harmonize_volume",
+                        lambda model, low, mask, *a, **k: np.where(mask, low, 0))
+    from harmonize_bids.diffusion.schedule import SamplerSettings
+    from harmonize_bids.interfaces.harmonize import harmonize_std_image
+
+    # sites a and b store the same mean brain, with grey matter at 0.55; the brain on disk
+    # (write_tiny_model_and_brain) has it at 0.6: its subject part
+    site = si.tissue_landmarks(*three_tissue_brain(means=(0.3, 0.55, 0.9), noise=0.05),
+                               per_tissue=3).round(4).tolist()
+    model_file = write_tiny_model_and_brain(tmp_path, ("a", "b"), {"a": site, "b": site})
+    image, mask = three_tissue_brain(means=(0.3, 0.6, 0.9), noise=0.05)
+    gm = np.abs(image - 0.6) < 0.01
+    logged = []
+
+    def run(name, **kw):
+        meta = harmonize_std_image(tmp_path / "std.nii.gz", tmp_path / "mask.nii.gz",
+                                   model_file, "b", tmp_path / name,
+                                   SamplerSettings(steps=2), device="cpu",
+                                   match_intensities="quartiles", log=logged.append, **kw)
+        return meta, np.asarray(nb.load(tmp_path / name).dataobj)
+
+    meta, kept = run("kept.nii.gz", source_site="a", keep_subject=True)
+    assert meta["TissueIntensitiesMatched"] and meta["TissueIntensitiesSubjectKept"], logged
+    assert np.median(kept[gm]) == pytest.approx(0.6, abs=0.01)
+    meta, plain = run("plain.nii.gz", source_site="a")
+    assert meta["TissueIntensitiesSubjectKept"] is False
+    assert np.median(plain[gm]) == pytest.approx(0.55, abs=0.01)
+    meta, unknown = run("unknown.nii.gz", source_site="elsewhere", keep_subject=True)
+    assert meta["TissueIntensitiesSubjectKept"] is False
+    np.testing.assert_allclose(unknown, plain)
+    assert any("not kept per subject" in m and "'elsewhere'" in m for m in logged)

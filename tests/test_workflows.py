@@ -111,3 +111,5 @@ def test_images_at_the_target_site_are_kept_unless_asked(synthetic_bids, tmp_pat
             at_target = record.site == "siteB"
             assert sub_wf.get_node("harmonize").inputs.keep_source is (keep and at_target)
             assert ("kept unchanged" in sub_wf.__desc__) is (keep and at_target)
+            harmonize = sub_wf.get_node("harmonize").inputs
+            assert harmonize.source_site == record.site and harmonize.keep_subject is False

@@ -141,6 +141,14 @@ def _build_parser() -> argparse.ArgumentParser:
                             "the output's histogram at a small cost in similarity to the "
                             "true target image (benchmarks/results/"
                             "quality_vs_peers_deciles.md)")
+    model.add_argument("--keep-subject-intensities", action="store_true",
+                       help="with --match-intensities, map each brain onto the target site's "
+                            "landmarks moved by the scan's own deviation from the mean of the "
+                            "site it was acquired at (when the model knows that site, e.g. a "
+                            "model trained on this dataset at the group level): the match then "
+                            "removes the scanner's part of the intensities and keeps the "
+                            "subject's; other sites get the plain match "
+                            "(docs/model.md, 'Decisions of session 24')")
     model.add_argument("--no-level-slices", dest="level_slices", action="store_false",
                        help="keep the slice-to-slice jumps in overall intensity of the "
                             "slice-wise model's output; by default they are removed against "
@@ -275,6 +283,7 @@ def _check(opts: argparse.Namespace) -> Settings:
         match_intensities=opts.match_intensities,
         level_slices=opts.level_slices,
         keep_target_site=opts.keep_target_site,
+        keep_subject_intensities=opts.keep_subject_intensities,
         train_steps=opts.train_steps,
         batch_size=opts.batch_size,
         patch_size=opts.patch_size,

@@ -203,7 +203,8 @@ def build_workflow(settings: Settings):
                                      sampler=sampler, device=settings.device,
                                      mem_mb=settings.mem_mb, match_intensities=scheme,
                                      level_slices=settings.level_slices,
-                                     keep_target_site=settings.keep_target_site)
+                                     keep_target_site=settings.keep_target_site,
+                                     keep_subject_intensities=settings.keep_subject_intensities)
         kept = [r.label for r in records if harmonize.keeps(r)]
         if kept:
             LOGGER.info("%d of %d image(s) were acquired at site '%s' and are written "

@@ -8,7 +8,11 @@ target site.  The slice-wise model's output is first freed of slice-to-slice
 jumps in intensity level (``level_slices``).  With ``match_intensities`` the
 model's output is finished by mapping its tissue intensity landmarks onto the
 target site's
-(:mod:`harmonize_bids.site_intensity`), when the model stores them.
+(:mod:`harmonize_bids.site_intensity`), when the model stores them; with
+``keep_subject`` and a source site the model knows, onto the target site's landmarks
+moved by this scan's deviation from its own site's mean
+(:func:`~harmonize_bids.site_intensity.subject_target_landmarks`), so the match
+removes the scanner's part of the intensities and keeps the subject's.
 
 A brain already at the target site is the reference the others are brought to:
 :func:`keep_std_image` writes it unchanged (as ComBat leaves its reference batch),
@@ -65,11 +69,16 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
                         out_file: Path, sampler: SamplerSettings = SamplerSettings(), *,
                         seed: int = 0, device: str = "auto", mem_mb: int | None = None,
                         num_threads: int = 1, match_intensities: str = "none",
-                        level_slices: bool = True, log=print) -> dict[str, Any]:
-    """Harmonize a template-space brain; write ``out_file``; return sidecar metadata."""
+                        level_slices: bool = True, source_site: str | None = None,
+                        keep_subject: bool = False, log=print) -> dict[str, Any]:
+    """Harmonize a template-space brain; write ``out_file``; return sidecar metadata.
+
+    ``source_site`` and ``keep_subject``: see the module docstring; a source site the
+    model stores no landmarks for gets the plain match, and the log says so."""
     from harmonize_bids.diffusion.checkpoint import file_sha256, load_model
     from harmonize_bids.diffusion.volume import batch_size_for, harmonize_volume
-    from harmonize_bids.site_intensity import match_landmarks, target_landmarks
+    from harmonize_bids.site_intensity import (match_landmarks, subject_target_landmarks,
+                                               target_landmarks)
 
     if match_intensities not in ("none", *SCHEMES):
         raise ValueError(f"match_intensities must be 'none' or one of {sorted(SCHEMES)}, "
@@ -103,7 +112,15 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
 
     harmonized = harmonize_volume(model, low, low_mask, site, sampler, seed=seed, device=device,
                                   max_batch=batch, level=level_slices, progress=progress)
-    matched = False
+    matched = subject_kept = False
+    if landmarks is not None and keep_subject:
+        try:
+            landmarks = subject_target_landmarks(model.config, target_site, match_intensities,
+                                                 str(source_site), low, low_mask)
+            subject_kept = True
+        except ValueError as err:
+            log(f"tissue intensities matched to the mean of '{target_site}', not kept per "
+                f"subject ({err})")
     if landmarks is not None:
         try:
             harmonized = match_landmarks(harmonized, low_mask, landmarks)
@@ -120,7 +137,8 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
         **sampler.metadata(),
         "SliceLevelsEqualized": bool(level_slices),
         "TissueIntensitiesMatched": matched,
-        **({"TissueIntensityLandmarks": match_intensities} if matched else {}),
+        **({"TissueIntensityLandmarks": match_intensities,
+            "TissueIntensitiesSubjectKept": subject_kept} if matched else {}),
         "RandomSeed": int(seed),
         "Device": device,
         "ModelVoxelSize": model.config.voxel_mm,
@@ -165,6 +183,10 @@ class _HarmonizeInputSpec(BaseInterfaceInputSpec):
     level_slices = traits.Bool(True, usedefault=True,
                                desc="remove slice-to-slice jumps in intensity level "
                                     "(postprocess.level_slices)")
+    source_site = traits.Str("", usedefault=True, desc="the site the image was acquired at")
+    keep_subject = traits.Bool(False, usedefault=True,
+                               desc="keep the scan's deviation from its own site's mean "
+                                    "landmarks in the match (site_intensity.subject_landmarks)")
     random_seed = traits.Int(0, usedefault=True)
     keep_source = traits.Bool(False, usedefault=True,
                               desc="the brain is already at the target site: write it "
@@ -203,6 +225,7 @@ class Harmonize(SimpleInterface):
             num_threads=self.inputs.num_threads,
             match_intensities=self.inputs.match_intensities,
             level_slices=self.inputs.level_slices,
+            source_site=self.inputs.source_site or None, keep_subject=self.inputs.keep_subject,
             log=lambda m: print(f"[harmonize_bids] {m}", flush=True))
         self._results["out_file"] = str(out)
         self._results["metadata"] = meta
