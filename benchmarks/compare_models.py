@@ -20,8 +20,6 @@ brain's surface.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import sys
 import time
 from collections import defaultdict
@@ -33,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from error_bands import DEPTH_NAMES, depth_parts, error_parts, level_by_z  # noqa: E402
 from train_simulated import load_ras, ras_volumes  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 COLUMNS = ("SSIM", "PSNR", "Dice", "agreement", "coarse", "depth x tissue")
 
@@ -172,13 +171,11 @@ def main() -> None:
     text = table(dict(rows), args.sources)
     print(text)
     if args.results:
-        header = [f"# Model A/B towards `{args.target}`", "",
-                  f"`python benchmarks/compare_models.py {' '.join(sys.argv[1:])}`", "",
-                  f"{datetime.date.today()}, {platform.node()}, {args.threads} threads, "
-                  f"{time.monotonic() - t0:.0f} s; anatomies: {', '.join(anatomies)}.",
-                  "Coarse and depth x tissue: mean squared error x 10^4 (error_bands.py); "
-                  "WM/GM: mean error by depth below the brain's surface, % of the range.", "", ""]
-        args.results.write_text("\n".join(header) + text + "\n")
+        write_results(args.results, f"Model A/B towards `{args.target}`", sys.argv,
+                      f"{args.threads} threads, {time.monotonic() - t0:.0f} s; anatomies: "
+                      f"{', '.join(anatomies)}.\nCoarse and depth x tissue: mean squared error "
+                      "x 10^4 (error_bands.py); WM/GM: mean error by depth below the brain's "
+                      "surface, % of the range.", text)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,6 @@ tissue Dice, ...), beside no harmonization and the rescan.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import sys
 import time
 from collections import defaultdict
@@ -36,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_models import score, table  # noqa: E402
+from results_file import write_results  # noqa: E402
 from train_simulated import load_ras, ras_volumes  # noqa: E402
 
 
@@ -105,12 +104,9 @@ def main() -> None:
     text = table(dict(rows), args.sources)
     print(text)
     if args.results:
-        header = [f"# Landmark match cost towards `{args.target}`", "",
-                  f"`python benchmarks/landmark_match_cost.py {' '.join(sys.argv[1:])}`", "",
-                  f"{datetime.date.today()}, {platform.node()}, {time.monotonic() - t0:.0f} s; "
-                  f"model `{Path(model_file).name}`, {args.scheme}; anatomies: "
-                  f"{', '.join(anatomies)}.", "", ""]
-        args.results.write_text("\n".join(header) + text + "\n")
+        write_results(args.results, f"Landmark match cost towards `{args.target}`", sys.argv,
+                      f"{time.monotonic() - t0:.0f} s; model `{Path(model_file).name}`, "
+                      f"{args.scheme}; anatomies: {', '.join(anatomies)}.", text)
 
 
 if __name__ == "__main__":

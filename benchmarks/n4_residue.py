@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_simulated import load_ras  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HELD_OUT = ("training_seg_13", "training_seg_14", "training_seg_15", "training_seg_16")
@@ -113,12 +112,9 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.results:
-        header = ["# What N4 leaves behind", "",
-                  f"`python benchmarks/n4_residue.py {' '.join(sys.argv[1:])}`", "",
-                  f"{datetime.date.today()}, {platform.node()}, {args.threads} threads, "
-                  f"{time.monotonic() - t0:.0f} s; anatomies: "
-                  f"{', '.join(HELD_OUT[:args.n_anatomies])} (held out of training).", "", ""]
-        args.results.write_text("\n".join(header) + text + "\n")
+        write_results(args.results, "What N4 leaves behind", sys.argv,
+                      f"{args.threads} threads, {time.monotonic() - t0:.0f} s; anatomies: "
+                      f"{', '.join(HELD_OUT[:args.n_anatomies])} (held out of training).", text)
 
 
 if __name__ == "__main__":

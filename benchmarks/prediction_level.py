@@ -22,8 +22,6 @@ the bundled model and its fine-tunes were 5-6 % too dark in the middle slices an
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_models import parse_models  # noqa: E402
 from error_bands import level_by_z  # noqa: E402
 from train_simulated import load_ras  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 TIMESTEPS = (50, 200, 400, 600, 800, 999)
 
@@ -128,12 +127,11 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.results:
-        header = [f"# Prediction level by slice: `{anatomy}`, {args.source} -> {args.target}", "",
-                  f"`python benchmarks/prediction_level.py {' '.join(sys.argv[1:])}`", "",
-                  f"{datetime.date.today()}, {platform.node()}, {args.threads} threads, "
-                  f"{time.monotonic() - t0:.0f} s. Mean error of the true label's voxels, "
-                  "% of the truth's WM median, normalized units, no post-processing.", "", ""]
-        args.results.write_text("\n".join(header) + text + "\n")
+        write_results(args.results,
+                      f"Prediction level by slice: `{anatomy}`, {args.source} -> {args.target}",
+                      sys.argv, f"{args.threads} threads, {time.monotonic() - t0:.0f} s. Mean "
+                      "error of the true label's voxels, % of the truth's WM median, normalized "
+                      "units, no post-processing.", text)
 
 
 if __name__ == "__main__":

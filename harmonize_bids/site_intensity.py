@@ -3,8 +3,8 @@
 The diffusion model moves contrast and texture to the target site, but its
 output keeps part of each source's histogram character (blur and noise widen or
 shift the tissue peaks), so the source site stays predictable from the output's
-histogram.  A site's *tissue landmarks* are a few intensities that belong to the
-scanner, not to the brain:
+histogram.  A site's *tissue landmarks* are a few intensities that belong mostly to
+the scanner:
 
     (0.5th percentile, CSF quantiles, GM quantiles, WM quantiles, 99.5th percentile)
 
@@ -28,6 +28,12 @@ training targets) on the 5 % grid (``k = 19``, :data:`STORED_PER_TISSUE`), which
 holds the levels of every scheme, so the participant level can finish each
 harmonized brain with the target site's tissue intensities; :func:`coarsen` takes
 a scheme's levels out of the stored ones.
+
+Mostly, not only: one brain's landmarks also carry the subject (its own tissue
+intensities and mix), and mapping onto a site *mean* erases that part too. For a
+source already at the target's contrast this costs 2.9 dB PSNR to the truth
+(``docs/model.md``, "Decisions of session 24"). :func:`subject_landmarks` keeps the
+scan's deviation from its own site's mean instead (``--keep-subject-intensities``).
 """
 from __future__ import annotations
 
