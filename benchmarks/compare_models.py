@@ -51,6 +51,21 @@ def parse_models(specs: list[str]) -> dict[str, str | None]:
     return out
 
 
+def read_test_set(out_dir: Path, n_anatomies: int) -> tuple[dict, dict, dict, list[str]]:
+    """``(volumes, masks, by, anatomies)`` of a ``quality_vs_peers.py --out-dir``'s
+    N4-corrected ``test_n4/``: RAS volumes ``{anatomy: {site: array}}`` and brain masks
+    ``{anatomy: array}`` (``train_simulated.ras_volumes``), the image records
+    ``by[anatomy][site]``, and the first ``n_anatomies`` anatomies in sorted order."""
+    from harmonize_bids.evaluation import read_simulated_dataset
+
+    test = out_dir / "test_n4"
+    vols, masks = ras_volumes(test)
+    by: dict = defaultdict(dict)
+    for img in read_simulated_dataset(test):
+        by[img.anatomy][img.site] = img
+    return vols, masks, by, sorted(by)[:n_anatomies]
+
+
 def score(image: np.ndarray, truth: np.ndarray, mask: np.ndarray, labels: np.ndarray,
           truth_classes: np.ndarray) -> list:
     """One row: :data:`COLUMNS`, the WM and GM depth profiles, then the WM error by chunk
@@ -118,17 +133,11 @@ def main() -> None:
     from harmonize_bids.diffusion.checkpoint import bundled_model, load_model
     from harmonize_bids.diffusion.schedule import SamplerSettings
     from harmonize_bids.diffusion.volume import harmonize_volume
-    from harmonize_bids.evaluation import read_simulated_dataset
     from harmonize_bids.site_intensity import match_landmarks, target_landmarks
 
     torch.set_num_threads(args.threads)
     models = parse_models(args.models)
-    test = args.out_dir / "test_n4"
-    vols, masks = ras_volumes(test)
-    by: dict = defaultdict(dict)
-    for img in read_simulated_dataset(test):
-        by[img.anatomy][img.site] = img
-    anatomies = sorted(by)[:args.n_anatomies]
+    vols, masks, by, anatomies = read_test_set(args.out_dir, args.n_anatomies)
 
     # the truth of each anatomy at the target, read and segmented once
     refs = {}

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_models import score, table  # noqa: E402
+from compare_models import read_test_set, score, table  # noqa: E402
 from results_file import write_results  # noqa: E402
-from train_simulated import load_ras, ras_volumes  # noqa: E402
+from train_simulated import load_ras  # noqa: E402
 
 
 def main() -> None:
@@ -56,7 +56,6 @@ def main() -> None:
 
     from harmonize_bids import metrics
     from harmonize_bids.diffusion.checkpoint import bundled_model, read_config
-    from harmonize_bids.evaluation import read_simulated_dataset
     from harmonize_bids.site_intensity import (SCHEMES, match_landmarks,
                                                subject_target_landmarks, target_landmarks,
                                                tissue_landmarks)
@@ -65,12 +64,7 @@ def main() -> None:
     model_file = args.model or bundled_model()
     config = read_config(Path(model_file))
     site_mean = target_landmarks(config, args.target, args.scheme)
-    test = args.out_dir / "test_n4"
-    vols, masks = ras_volumes(test)
-    by: dict = defaultdict(dict)
-    for img in read_simulated_dataset(test):
-        by[img.anatomy][img.site] = img
-    anatomies = sorted(by)[:args.n_anatomies]
+    vols, masks, by, anatomies = read_test_set(args.out_dir, args.n_anatomies)
     outputs = dict(spec.split("=", 1) for spec in args.outputs)
 
     rows: dict[tuple[str, str], list] = defaultdict(list)
