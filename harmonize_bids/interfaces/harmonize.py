@@ -115,8 +115,10 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
     matched = subject_kept = False
     if landmarks is not None and keep_subject:
         try:
+            if not source_site:
+                raise ValueError("the source site is not known")
             landmarks = subject_target_landmarks(model.config, target_site, match_intensities,
-                                                 str(source_site), low, low_mask)
+                                                 source_site, low, low_mask)
             subject_kept = True
         except ValueError as err:
             log(f"tissue intensities matched to the mean of '{target_site}', not kept per "
