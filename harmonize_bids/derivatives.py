@@ -141,6 +141,15 @@ def report_path(output_dir: Path, subject: str) -> Path:
     return Path(output_dir).absolute() / f"sub-{subject}.html"
 
 
+def site_landmarks_path(output_dir: Path) -> Path:
+    """The dataset's tissue landmarks per site (the group level's ``--landmarks-only``).
+
+    >>> site_landmarks_path(Path("/out")).as_posix()
+    '/out/site_landmarks.json'
+    """
+    return Path(output_dir).absolute() / SITE_LANDMARKS_FILE
+
+
 def sidecar_path(path: Path) -> Path:
     """The JSON sidecar beside a derivative file."""
     name = path.name
@@ -232,7 +241,10 @@ def dataset_description(bids_dir: Path) -> dict[str, Any]:
 
 
 #: Files in the output that are not BIDS (ignored by the validator).
-BIDSIGNORE = ["*_xfm.h5", "*_xfm.json", "logs", "models", "*.html", "figures"]
+#: the group level's statistics of the participants' tissue landmarks, one file per dataset
+SITE_LANDMARKS_FILE = "site_landmarks.json"
+BIDSIGNORE = ["*_xfm.h5", "*_xfm.json", "logs", "models", "*.html", "figures",
+              SITE_LANDMARKS_FILE]
 
 
 def init_derivatives(output_dir: Path, bids_dir: Path) -> None:

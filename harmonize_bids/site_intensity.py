@@ -32,11 +32,14 @@ a scheme's levels out of the stored ones.
 Mostly, not only: one brain's landmarks also carry the subject (its own tissue
 intensities and mix), and mapping onto a site *mean* erases that part too. For a
 source already at the target's contrast this costs 2.9 dB PSNR to the truth
-(``docs/model.md``, "Decisions of session 24"). :func:`subject_landmarks` keeps the
-scan's deviation from its own site's mean instead (``--keep-subject-intensities``).
+(``docs/model.md``, "Decisions of session 24"). :func:`standardized_landmarks` keeps
+where the scan stands among its own site's scans instead, from a dataset's
+:func:`site_statistics` (``--keep-subject-intensities``, session 25);
+:func:`subject_landmarks` keeps the ratio to the site's mean, which leaks the site.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -46,6 +49,9 @@ SCHEMES = {"medians": 1, "quartiles": 3, "deciles": 9, "vigintiles": 19}
 #: what a model stores: quantiles on the 5 % grid, which holds the levels of every scheme
 STORED_PER_TISSUE = 19
 TISSUES = ("csf", "gm", "wm")
+#: fewest scans of a site for its mean and spread to stand for it (session 25: 8 per site
+#: were measured; fewer get the plain match onto the target site's landmarks)
+MIN_SITE_IMAGES = 5
 
 
 def tissue_levels(per_tissue: int) -> tuple[float, ...]:
@@ -251,20 +257,113 @@ def target_landmarks(config, target_site: str, scheme: str) -> np.ndarray:
                          f"not '{scheme}'") from None
 
 
-def subject_target_landmarks(config, target_site: str, scheme: str, source_site: str,
-                             source: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """What to match a harmonized scan from ``source_site`` onto, keeping the subject part.
+@dataclass(frozen=True)
+class SiteLandmarks:
+    """One site's tissue landmarks over a dataset's scans, in white-matter-median units."""
 
-    :func:`subject_landmarks` of the target site's stored landmarks in ``scheme``, the
-    source site's stored ones and the source scan's own (``source`` inside ``mask``).
-    ``ValueError`` when the model stores no landmarks for either site (an unseen source
-    scanner: the caller falls back to :func:`target_landmarks`) or the result does not
-    increase.
+    images: int
+    mean: np.ndarray
+    sd: np.ndarray
+
+
+def in_wm_units(landmarks: Sequence[float]) -> np.ndarray:
+    """``landmarks`` divided by their white-matter median.
+
+    >>> in_wm_units([0.2, 0.6, 1.0, 2.0, 2.4]).tolist()
+    [0.1, 0.3, 0.5, 1.0, 1.2]
     """
-    target = target_landmarks(config, target_site, scheme)
-    site = target_landmarks(config, source_site, scheme)
-    own = tissue_landmarks(source, mask, per_tissue_of(target))
-    return subject_landmarks(target, site, own)
+    arr = check_landmarks(landmarks)
+    wm = arr[wm_median_index(per_tissue_of(arr))]
+    if wm <= 0:
+        raise ValueError("landmarks must be positive to put them in white-matter units")
+    return arr / wm
+
+
+def site_statistics(landmarks_by_site: Mapping[str, Iterable[Sequence[float]]]
+                    ) -> dict[str, SiteLandmarks]:
+    """Mean and standard deviation (ddof 1; 0 for a single scan) of each site's landmarks,
+    every scan's in units of its own white-matter median.
+
+    >>> stats = site_statistics({"a": [[1., 2, 4, 8, 9], [2., 4, 8, 16, 20]]})
+    >>> stats["a"].images, stats["a"].mean.tolist()
+    (2, [0.125, 0.25, 0.5, 1.0, 1.1875])
+    """
+    out = {}
+    for site, rows in landmarks_by_site.items():
+        units = np.array([in_wm_units(r) for r in rows])
+        if len(units) == 0:
+            continue
+        sd = units.std(axis=0, ddof=1) if len(units) > 1 else np.zeros(units.shape[1])
+        out[site] = SiteLandmarks(len(units), units.mean(axis=0), sd)
+    return out
+
+
+def pooled_spread(statistics: Mapping[str, SiteLandmarks], min_images: int) -> np.ndarray:
+    """Each landmark's spread between scans of one site, relative to its mean, averaged
+    over the sites with at least ``min_images`` scans (``ValueError`` if none has)."""
+    rows = [s.sd / s.mean for s in statistics.values() if s.images >= min_images]
+    if not rows:
+        raise ValueError(f"no site has {min_images} or more scans")
+    return np.mean(rows, axis=0)
+
+
+def standardized_landmarks(target_site: Sequence[float], source_site: SiteLandmarks,
+                           spread: Sequence[float], source_own: Sequence[float],
+                           max_z: float = 3.0) -> np.ndarray:
+    """The target site's landmarks moved by where one scan stands within its own site.
+
+    A location-and-scale adjustment of the landmarks (as ComBat adjusts features): each
+    of the scan's landmarks (white-matter units) becomes a z-score within its site
+    (``source_site``: the dataset's mean and spread of that site's scans, clipped to
+    ``max_z``), and the target's landmark is moved by that many times the pooled
+    spread (``spread``, relative: :func:`pooled_spread`).  Every site's outputs then
+    share their landmarks' mean and spread, so neither tells the site, while each
+    brain keeps its place among its site's brains: how the subject differs.  A scan
+    on its site's mean gets ``target_site``.  Keeping the deviation as a ratio instead
+    (:func:`subject_landmarks`) carries each site's spread along and leaks the site
+    (``docs/model.md``, "Decisions of session 25").
+
+    >>> site = SiteLandmarks(8, np.array([0.2, 0.4, 0.7, 1.0, 1.2]), np.full(5, 0.02))
+    >>> t = [0.1, 0.3, 0.6, 0.8, 1.0]
+    >>> standardized_landmarks(t, site, np.full(5, 0.1), [0.2, 0.4, 0.7, 1.0, 1.2]).tolist()
+    [0.1, 0.3, 0.6, 0.8, 1.0]
+    >>> standardized_landmarks(t, site, np.full(5, 0.1), [0.2, 0.4, 0.72, 1.0, 1.2]).round(4).tolist()
+    [0.1, 0.3, 0.66, 0.8, 1.0]
+    """
+    target = check_landmarks(target_site)
+    own = in_wm_units(source_own)
+    spread = np.asarray(spread, dtype=np.float64)
+    if not len(target) == len(own) == len(source_site.mean) == len(spread):
+        raise ValueError(f"landmark vectors of different schemes: {len(target)}, "
+                         f"{len(source_site.mean)}, {len(own)}, {len(spread)} values")
+    sd = np.asarray(source_site.sd, dtype=np.float64)
+    z = np.divide(own - source_site.mean, sd, out=np.zeros_like(own), where=sd > 0)
+    return check_landmarks(target * (1 + np.clip(z, -max_z, max_z) * spread))
+
+
+def scan_target_landmarks(target: np.ndarray, statistics: Mapping[str, SiteLandmarks] | None,
+                          source_site: str | None, source_own: Sequence[float] | None,
+                          min_images: int = MIN_SITE_IMAGES) -> tuple[np.ndarray, str | None]:
+    """What to match one harmonized scan onto: ``(landmarks, why not subject-kept)``.
+
+    :func:`standardized_landmarks` when the dataset's ``statistics`` hold the scan's
+    ``source_site`` with at least ``min_images`` scans; else the target site's own
+    ``target`` landmarks and the reason (``None`` when the subject part was kept).
+    """
+    if statistics is None:
+        return target, "no site statistics"
+    if not source_site or source_own is None:
+        return target, "the source site is not known"
+    site = statistics.get(source_site)
+    if site is None or site.images < min_images:
+        have = 0 if site is None else site.images
+        return target, (f"the dataset has {have} scan(s) of '{source_site}', fewer than "
+                        f"{min_images}")
+    try:
+        return standardized_landmarks(target, site, pooled_spread(statistics, min_images),
+                                      source_own), None
+    except ValueError as err:
+        return target, str(err)
 
 
 def finest_scheme(config, target_site: str) -> str:

@@ -140,6 +140,12 @@ def test_group_level_trains_resumes_and_the_model_harmonizes(sloppy_run, tmp_pat
     common = [str(sloppy_run["bids"]), str(out), "group", "-w", str(work),
               "--batch-size", "2", "--patch-size", "32", "--shifted-copies", "1",
               "--skip-bids-validation", "--nprocs", "2", "--random-seed", "3"]
+    # --landmarks-only: each site's tissue landmarks over its brains, no training
+    assert main(common + ["--landmarks-only"]) == 0
+    sites = json.loads((out / "site_landmarks.json").read_text())["Sites"]
+    assert sorted(sites) == ["siteA", "siteB", "siteC"]
+    assert all(v["Images"] == 1 for v in sites.values())
+    assert not (out / "models").exists()
     assert main(common + ["--train-steps", "4"]) == 0
     model = out / "models" / "harmonize_bids_model.safetensors"
     card = json.loads(model.with_suffix(".json").read_text())
@@ -158,13 +164,15 @@ def test_group_level_trains_resumes_and_the_model_harmonizes(sloppy_run, tmp_pat
     code = main([str(sloppy_run["bids"]), str(out), "participant", "--sloppy", "-w",
                  str(tmp_path / "work2"), "--participant-label", "01", "--target-site", "siteC",
                  "--model", str(model), "--steps", "2", "--skip-bids-validation",
-                 "--nprocs", "2"])
+                 "--nprocs", "2", "--keep-subject-intensities"])
     assert code == 0
     assert (out / "sub-01/anat/sub-01_desc-harmonized_T1w.nii.gz").is_file()
     side = json.loads((out / "sub-01/anat/sub-01_desc-harmonized_T1w.json").read_text())
-    # --match-intensities auto (the default): the finest scheme the group model stores
+    # --match-intensities auto (the default): the finest scheme the group model stores;
+    # one scan per site is too few to tell where a scan stands: the plain match
     assert side["TissueIntensitiesMatched"] is True
     assert side["TissueIntensityLandmarks"] == "vigintiles"
+    assert side["TissueIntensitiesSubjectKept"] is False
     # models/, reports and harmonized outputs together still pass the validator
     proc = subprocess.run([shutil.which("bids-validator-deno"), "--format", "json", str(out)],
                           capture_output=True, text=True)

@@ -7,7 +7,7 @@ import pytest
 
 from harmonize_bids.cli.parser import _build_parser, parse_args
 from harmonize_bids.cli.run import main
-from harmonize_bids.exceptions import UsageError
+from harmonize_bids.exceptions import InputError, UsageError
 
 
 def test_help_lists_every_option(capsys):
@@ -188,12 +188,32 @@ def test_switches_are_on_unless_switched_off(flag, setting, tmp_path):
     assert getattr(parse_args(args + [flag]), setting) is False
 
 
-def test_keep_subject_intensities_is_off_unless_asked(tmp_path):
+def test_keep_subject_intensities_needs_the_dataset_site_landmarks(tmp_path):
+    """Off unless asked; asked, the participant level refuses to start without the site
+    landmarks file (and says how to make it), finds it in OUTPUT_DIR by default or takes
+    --site-landmarks; --site-landmarks alone or with --match-intensities none is refused."""
     bids = tmp_path / "bids"
     bids.mkdir()
-    args = [str(bids), str(tmp_path / "out"), "participant"]
-    assert parse_args(args).keep_subject_intensities is False
-    assert parse_args(args + ["--keep-subject-intensities"]).keep_subject_intensities is True
+    out = tmp_path / "out"
+    args = [str(bids), str(out), "participant"]
+    settings = parse_args(args)
+    assert settings.keep_subject_intensities is False and settings.site_landmarks is None
+    keep = args + ["--keep-subject-intensities"]
+    with pytest.raises(InputError, match="group --landmarks-only"):
+        parse_args(keep)
+    out.mkdir()
+    (out / "site_landmarks.json").write_text("{}")
+    assert parse_args(keep).site_landmarks == out / "site_landmarks.json"
+    other = tmp_path / "other.json"
+    other.write_text("{}")
+    assert parse_args(keep + ["--site-landmarks", str(other)]).site_landmarks == other
+    with pytest.raises(UsageError, match="read by --keep-subject-intensities"):
+        parse_args(args + ["--site-landmarks", str(other)])
+    with pytest.raises(UsageError, match="needs --match-intensities"):
+        parse_args(keep + ["--match-intensities", "none"])
+    # the group level measures the file; it does not need one
+    group = parse_args([str(bids), str(out), "group", "--landmarks-only"])
+    assert group.landmarks_only is True and group.site_landmarks is None
 
 
 def test_omp_nthreads_drives_the_workers_thread_environment(monkeypatch, tmp_path):

@@ -369,45 +369,93 @@ def test_subject_landmarks_carry_the_scan_deviation_from_its_site():
         si.subject_landmarks(target, site, np.linspace(0.1, 1.0, 11))
 
 
-def test_subject_target_landmarks_keep_a_brain_from_a_site_like_the_target():
-    """A brain from site 'a' whose scanner equals the target's ('b') but whose grey matter
-    is brighter than both sites' means keeps its grey matter where it is with the
-    subject part kept, and is pulled to the site mean without it."""
-    mean_brain = three_tissue_brain(means=(0.3, 0.6, 0.9), noise=0.02, seed=1)
-    site_lm = si.tissue_landmarks(*mean_brain, per_tissue=3)
-    config = ModelConfig(sites=("a", "b"),
-                         site_landmarks={"a": site_lm.round(4).tolist(),
-                                         "b": site_lm.round(4).tolist()})
-    image, mask = three_tissue_brain(means=(0.3, 0.66, 0.9), noise=0.02, seed=2)
-    kept = si.match_landmarks(image, mask, si.subject_target_landmarks(
-        config, "b", "quartiles", "a", image, mask))
-    plain = si.match_landmarks(image, mask, si.target_landmarks(config, "b", "quartiles"))
-    gm = np.abs(image - 0.66) < 0.02
-    assert np.median(kept[gm]) == pytest.approx(0.66, abs=0.005)
-    assert np.median(plain[gm]) == pytest.approx(0.60, abs=0.005)
-    with pytest.raises(ValueError, match="no tissue intensity landmarks"):
-        si.subject_target_landmarks(ModelConfig(sites=("a", "b"), site_landmarks={
-            "b": site_lm.round(4).tolist()}), "b", "quartiles", "a", image, mask)
+def test_standardized_landmarks_keep_where_a_scan_stands_among_its_site():
+    """A scan on its site's mean gets the target's landmarks; one a standard deviation
+    above its site in grey matter gets the target's grey matter moved by one pooled
+    spread, whatever its site's own spread (the ratio of subject_landmarks carries
+    that spread along: two sites, two answers); z is clipped; no spread, no move."""
+    target = np.array([0.1, 0.3, 0.6, 0.8, 1.0])
+    mean = np.array([0.2, 0.4, 0.7, 1.0, 1.2])
+    narrow = si.SiteLandmarks(8, mean, np.array([0.01, 0.01, 0.01, 0.0, 0.01]))
+    wide = si.SiteLandmarks(8, mean, np.array([0.04, 0.04, 0.04, 0.0, 0.04]))
+    spread = np.full(5, 0.05)
+    np.testing.assert_allclose(si.standardized_landmarks(target, narrow, spread, 2 * mean),
+                               target)
+    for site in (narrow, wide):
+        own = mean.copy()
+        own[2] += site.sd[2]  # grey matter one of its site's SDs up
+        out = si.standardized_landmarks(target, site, spread, own)
+        np.testing.assert_allclose(out, [0.1, 0.3, 0.6 * 1.05, 0.8, 1.0])
+    ratios = [si.subject_landmarks(target, mean, mean + [0, 0, s.sd[2], 0, 0])[2]
+              for s in (narrow, wide)]
+    assert ratios[1] - ratios[0] > 0.02
+    far = mean + [0, 0, 0.1, 0, 0]  # 10 SDs of the narrow site
+    assert si.standardized_landmarks(target, narrow, spread, far)[2] == pytest.approx(0.6 * 1.15)
+    flat = si.SiteLandmarks(1, mean, np.zeros(5))
+    np.testing.assert_allclose(si.standardized_landmarks(target, flat, spread, far), target)
+    with pytest.raises(ValueError, match="different schemes"):
+        si.standardized_landmarks(target, narrow, spread, np.linspace(0.1, 1.0, 11))
 
 
-def test_harmonize_step_keeps_the_subject_part_for_a_known_source_site(tmp_path, monkeypatch):
-    """With keep_subject and a source site the model stores landmarks for, the output's
-    grey matter keeps the scan's own deviation from its site's mean; an unknown source
-    site gets the plain match, and the log and the sidecar say which was done."""
+def test_site_statistics_and_the_pooled_spread():
+    rows = {"a": [[0.2, 0.4, 0.6, 1.0, 1.2], [0.4, 0.8, 1.4, 2.0, 2.4]],
+            "b": [[0.1, 0.3, 0.5, 1.0, 1.1]]}
+    stats = si.site_statistics(rows)
+    assert stats["a"].images == 2 and stats["b"].images == 1
+    np.testing.assert_allclose(stats["a"].mean, [0.2, 0.4, 0.65, 1.0, 1.2])
+    np.testing.assert_allclose(stats["a"].sd, [0, 0, np.std([0.6, 0.7], ddof=1), 0, 0])
+    np.testing.assert_allclose(stats["b"].sd, 0)
+    # only sites with enough scans count
+    np.testing.assert_allclose(si.pooled_spread(stats, 2), stats["a"].sd / stats["a"].mean)
+    with pytest.raises(ValueError, match="no site has 3"):
+        si.pooled_spread(stats, 3)
+
+
+def test_scan_target_landmarks_says_why_it_falls_back_to_the_plain_match():
+    target = np.array([0.1, 0.3, 0.6, 0.8, 1.0])
+    own = np.array([0.2, 0.4, 0.75, 1.0, 1.2])
+    mean = np.array([0.2, 0.4, 0.7, 1.0, 1.2])
+    stats = {"a": si.SiteLandmarks(6, mean, np.full(5, 0.02)),
+             "few": si.SiteLandmarks(2, mean, np.full(5, 0.02))}
+    kept, why = si.scan_target_landmarks(target, stats, "a", own)
+    assert why is None and kept[2] > target[2]
+    for args, reason in [((None, "a", own), "no site statistics"),
+                         ((stats, None, own), "not known"),
+                         ((stats, "a", None), "not known"),
+                         ((stats, "elsewhere", own), "0 scan(s) of 'elsewhere'"),
+                         ((stats, "few", own), "2 scan(s) of 'few', fewer than 5")]:
+        out, why = si.scan_target_landmarks(target, *args)
+        np.testing.assert_array_equal(out, target)
+        assert reason in why
+
+
+def test_harmonize_step_keeps_the_subject_part_with_the_dataset_site_landmarks(
+        tmp_path, monkeypatch):
+    """With the dataset's site landmarks and a source site it holds enough scans of, the
+    output's grey matter keeps the scan's place above its site's mean; a site with too few
+    scans gets the plain match; the log and the sidecar say which was done; a file
+    measured at another voxel size is refused."""
     import nibabel as nb
 
     import harmonize_bids.diffusion.volume as volume
+    from harmonize_bids.dataset_landmarks import write_site_landmarks
+    from harmonize_bids.exceptions import InputError
 
     monkeypatch.setattr(volume, "harmonize_volume",
                         lambda model, low, mask, *a, **k: np.where(mask, low, 0))
     from harmonize_bids.diffusion.schedule import SamplerSettings
     from harmonize_bids.interfaces.harmonize import harmonize_std_image
 
-    # sites a and b store the same mean brain, with grey matter at 0.55; the brain on disk
-    # (write_tiny_model_and_brain) has it at 0.6: its subject part
-    site = si.tissue_landmarks(*three_tissue_brain(means=(0.3, 0.55, 0.9), noise=0.05),
-                               per_tissue=3).round(4).tolist()
-    model_file = write_tiny_model_and_brain(tmp_path, ("a", "b"), {"a": site, "b": site})
+    # target site b stores a brain with grey matter at 0.55; site a's scans in the dataset
+    # have it at 0.54..0.56; the brain on disk (write_tiny_model_and_brain) at 0.6
+    target = si.tissue_landmarks(*three_tissue_brain(means=(0.3, 0.55, 0.9), noise=0.05),
+                                 per_tissue=3).round(4).tolist()
+    model_file = write_tiny_model_and_brain(tmp_path, ("a", "b"), {"b": target})
+    site_a = [si.tissue_landmarks(*three_tissue_brain(means=(0.3, gm, 0.9), noise=0.05,
+                                                      seed=k), per_tissue=3)
+              for k, gm in enumerate(np.linspace(0.54, 0.56, 6))]
+    stats = si.site_statistics({"a": site_a, "c": site_a[:2]})
+    write_site_landmarks(tmp_path / "sites.json", stats, voxel_mm=4.0)
     image, mask = three_tissue_brain(means=(0.3, 0.6, 0.9), noise=0.05)
     gm = np.abs(image - 0.6) < 0.01
     logged = []
@@ -419,13 +467,19 @@ def test_harmonize_step_keeps_the_subject_part_for_a_known_source_site(tmp_path,
                                    match_intensities="quartiles", log=logged.append, **kw)
         return meta, np.asarray(nb.load(tmp_path / name).dataobj)
 
-    meta, kept = run("kept.nii.gz", source_site="a", keep_subject=True)
-    assert meta["TissueIntensitiesMatched"] and meta["TissueIntensitiesSubjectKept"], logged
-    assert np.median(kept[gm]) == pytest.approx(0.6, abs=0.01)
     meta, plain = run("plain.nii.gz", source_site="a")
     assert meta["TissueIntensitiesSubjectKept"] is False
     assert np.median(plain[gm]) == pytest.approx(0.55, abs=0.01)
-    meta, unknown = run("unknown.nii.gz", source_site="elsewhere", keep_subject=True)
+    meta, kept = run("kept.nii.gz", source_site="a", site_landmarks=tmp_path / "sites.json")
+    assert meta["TissueIntensitiesMatched"] and meta["TissueIntensitiesSubjectKept"], logged
+    # the z-score is clipped at 3: grey matter moves up by 3 pooled spreads at most
+    spread = si.pooled_spread(stats, si.MIN_SITE_IMAGES)[1 + 3 + 1]
+    assert np.median(kept[gm]) - np.median(plain[gm]) > 0.01
+    assert np.median(kept[gm]) <= np.median(plain[gm]) * (1 + 3 * spread) + 0.005
+    meta, few = run("few.nii.gz", source_site="c", site_landmarks=tmp_path / "sites.json")
     assert meta["TissueIntensitiesSubjectKept"] is False
-    np.testing.assert_allclose(unknown, plain)
-    assert any("not kept per subject" in m and "'elsewhere'" in m for m in logged)
+    np.testing.assert_allclose(few, plain)
+    assert any("not kept per subject" in m and "'c'" in m for m in logged)
+    write_site_landmarks(tmp_path / "sites2mm.json", stats, voxel_mm=2.0)
+    with pytest.raises(InputError, match="2.0 mm"):
+        run("refused.nii.gz", source_site="a", site_landmarks=tmp_path / "sites2mm.json")

@@ -1,6 +1,8 @@
 """Workflow construction (no ANTs run): graph shape and node names."""
 from __future__ import annotations
 
+from nipype.interfaces.base import isdefined
+
 from harmonize_bids.utils import bids as bu
 from harmonize_bids.workflows.anatomical import AntsSettings, init_anat_preproc_wf
 from harmonize_bids.workflows.base import init_harmonize_bids_wf, workflow_name
@@ -112,4 +114,5 @@ def test_images_at_the_target_site_are_kept_unless_asked(synthetic_bids, tmp_pat
             assert sub_wf.get_node("harmonize").inputs.keep_source is (keep and at_target)
             assert ("kept unchanged" in sub_wf.__desc__) is (keep and at_target)
             harmonize = sub_wf.get_node("harmonize").inputs
-            assert harmonize.source_site == record.site and harmonize.keep_subject is False
+            assert harmonize.source_site == record.site
+            assert not isdefined(harmonize.site_landmarks)

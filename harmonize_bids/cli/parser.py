@@ -142,13 +142,19 @@ def _build_parser() -> argparse.ArgumentParser:
                             "true target image (benchmarks/results/"
                             "quality_vs_peers_deciles.md)")
     model.add_argument("--keep-subject-intensities", action="store_true",
-                       help="with --match-intensities, map each brain onto the target site's "
-                            "landmarks moved by the scan's own deviation from the mean of the "
-                            "site it was acquired at (when the model knows that site, e.g. a "
-                            "model trained on this dataset at the group level): the match then "
-                            "removes the scanner's part of the intensities and keeps the "
-                            "subject's; other sites get the plain match "
-                            "(docs/model.md, 'Decisions of session 24')")
+                       help="map each brain onto the target site's tissue landmarks moved by "
+                            "where the scan stands among its own site's scans in this dataset "
+                            "(a z-score per landmark), so the match removes the scanner's "
+                            "part of the intensities and keeps the subject's: closer to the "
+                            "true target image, site no easier to tell (docs/model.md, "
+                            "'Decisions of session 25'). Needs the dataset's site landmarks: "
+                            "run the participant level without --target-site, then 'group "
+                            "--landmarks-only', then this. Sites with fewer than 5 scans get "
+                            "the plain match")
+    model.add_argument("--site-landmarks", type=Path, metavar="FILE", default=None,
+                       help="the site landmarks file --keep-subject-intensities reads "
+                            "(default: OUTPUT_DIR/site_landmarks.json, written by 'group "
+                            "--landmarks-only')")
     model.add_argument("--no-level-slices", dest="level_slices", action="store_false",
                        help="keep the slice-to-slice jumps in overall intensity of the "
                             "slice-wise model's output; by default they are removed against "
@@ -169,6 +175,11 @@ def _build_parser() -> argparse.ArgumentParser:
                             "and exit")
 
     train = parser.add_argument_group("Training (group level)")
+    train.add_argument("--landmarks-only", action="store_true",
+                       help="only measure each site's tissue landmarks over the "
+                            "participants' preprocessed brains (seconds per brain) and write "
+                            "OUTPUT_DIR/site_landmarks.json for --keep-subject-intensities; "
+                            "without it the group level writes that file and then trains")
     train.add_argument("--train-steps", type=_positive_int, default=2000,
                        help="optimizer steps; training resumes from WORK_DIR/group_training")
     train.add_argument("--batch-size", type=_positive_int, default=12,
@@ -248,6 +259,22 @@ def _check(opts: argparse.Namespace) -> Settings:
                          f"{opts.strength:g} (the chain runs from strength down to stop-at).")
     if opts.model is not None and not opts.model.is_file():
         raise InputError(f"Model file not found: {opts.model}")
+    site_landmarks = None
+    if opts.site_landmarks is not None and not opts.keep_subject_intensities:
+        raise UsageError("--site-landmarks is read by --keep-subject-intensities only.")
+    if opts.keep_subject_intensities and opts.match_intensities == "none":
+        raise UsageError("--keep-subject-intensities moves the tissue intensity match: it "
+                         "needs --match-intensities other than 'none'.")
+    if opts.keep_subject_intensities and opts.analysis_level == "participant":
+        from harmonize_bids.derivatives import site_landmarks_path
+
+        site_landmarks = (opts.site_landmarks or site_landmarks_path(output_dir)).absolute()
+        if not site_landmarks.is_file():
+            raise InputError(
+                f"--keep-subject-intensities needs the dataset's site landmarks, and "
+                f"{site_landmarks} does not exist: run the participant level without "
+                f"--target-site (preprocessing), then '{bids_dir} {output_dir} group "
+                f"--landmarks-only', then this command again (or give --site-landmarks).")
     if opts.mem_mb is not None and opts.mem_mb < 512:
         raise UsageError(f"--mem-mb {opts.mem_mb} is too small (at least 512).")
     omp = opts.omp_nthreads or opts.nprocs
@@ -284,6 +311,8 @@ def _check(opts: argparse.Namespace) -> Settings:
         level_slices=opts.level_slices,
         keep_target_site=opts.keep_target_site,
         keep_subject_intensities=opts.keep_subject_intensities,
+        site_landmarks=site_landmarks,
+        landmarks_only=opts.landmarks_only,
         train_steps=opts.train_steps,
         batch_size=opts.batch_size,
         patch_size=opts.patch_size,

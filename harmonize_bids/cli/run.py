@@ -204,7 +204,7 @@ def build_workflow(settings: Settings):
                                      mem_mb=settings.mem_mb, match_intensities=scheme,
                                      level_slices=settings.level_slices,
                                      keep_target_site=settings.keep_target_site,
-                                     keep_subject_intensities=settings.keep_subject_intensities)
+                                     site_landmarks=settings.site_landmarks)
         kept = [r.label for r in records if harmonize.keeps(r)]
         if kept:
             LOGGER.info("%d of %d image(s) were acquired at site '%s' and are written "
@@ -318,11 +318,24 @@ def run(settings: Settings) -> int:
 
 
 def _run_group(settings: Settings) -> int:
-    """Train a model on the participants' preprocessed brains (sites from the site table)."""
-    from harmonize_bids.training.group import GroupOptions, train_group_model
+    """Measure each site's tissue landmarks over the participants' preprocessed brains;
+    unless ``landmarks_only``, train a model on them (sites from the site table)."""
+    from harmonize_bids.dataset_landmarks import measure_site_landmarks
+    from harmonize_bids.derivatives import site_landmarks_path
+    from harmonize_bids.diffusion.checkpoint import read_config
+    from harmonize_bids.site_intensity import STORED_PER_TISSUE
 
     records = collect_records(settings)
     settings.to_filename(settings.work_dir / "config_group.toml")
+    # measured at the voxel size of the model the participant level will use
+    voxel_mm = read_config(resolve_model(settings.model)).voxel_mm
+    measure_site_landmarks(records, settings.output_dir, voxel_mm, STORED_PER_TISSUE,
+                           site_landmarks_path(settings.output_dir),
+                           log=lambda msg: LOGGER.info("%s", msg))
+    if settings.landmarks_only:
+        return 0
+    from harmonize_bids.training.group import GroupOptions, train_group_model
+
     options = GroupOptions(
         train_steps=settings.train_steps, batch_size=settings.batch_size,
         patch_size=settings.patch_size, learning_rate=settings.learning_rate,

@@ -8,11 +8,11 @@ target site.  The slice-wise model's output is first freed of slice-to-slice
 jumps in intensity level (``level_slices``).  With ``match_intensities`` the
 model's output is finished by mapping its tissue intensity landmarks onto the
 target site's
-(:mod:`harmonize_bids.site_intensity`), when the model stores them; with
-``keep_subject`` and a source site the model knows, onto the target site's landmarks
-moved by this scan's deviation from its own site's mean
-(:func:`~harmonize_bids.site_intensity.subject_target_landmarks`), so the match
-removes the scanner's part of the intensities and keeps the subject's.
+(:mod:`harmonize_bids.site_intensity`), when the model stores them; with the
+dataset's ``site_landmarks`` (:mod:`harmonize_bids.dataset_landmarks`) and the scan's
+source site, onto the target site's landmarks moved by where this scan stands among
+its site's scans (:func:`~harmonize_bids.site_intensity.scan_target_landmarks`), so the
+match removes the scanner's part of the intensities and keeps the subject's.
 
 A brain already at the target site is the reference the others are brought to:
 :func:`keep_std_image` writes it unchanged (as ComBat leaves its reference batch),
@@ -31,6 +31,7 @@ from nipype.interfaces.base import (
     File,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 from scipy import ndimage as ndi
@@ -70,15 +71,18 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
                         seed: int = 0, device: str = "auto", mem_mb: int | None = None,
                         num_threads: int = 1, match_intensities: str = "none",
                         level_slices: bool = True, source_site: str | None = None,
-                        keep_subject: bool = False, log=print) -> dict[str, Any]:
+                        site_landmarks: Path | None = None, log=print) -> dict[str, Any]:
     """Harmonize a template-space brain; write ``out_file``; return sidecar metadata.
 
-    ``source_site`` and ``keep_subject``: see the module docstring; a source site the
-    model stores no landmarks for gets the plain match, and the log says so."""
+    ``source_site`` and ``site_landmarks``: see the module docstring; a scan whose site
+    the file holds too few scans of gets the plain match, and the log says so."""
+    from harmonize_bids.dataset_landmarks import read_site_landmarks
     from harmonize_bids.diffusion.checkpoint import file_sha256, load_model
     from harmonize_bids.diffusion.volume import batch_size_for, harmonize_volume
-    from harmonize_bids.site_intensity import (match_landmarks, subject_target_landmarks,
-                                               target_landmarks)
+    from harmonize_bids.utils.grid import to_model_grid
+    from harmonize_bids.site_intensity import (match_landmarks, per_tissue_of,
+                                               scan_target_landmarks, target_landmarks,
+                                               tissue_landmarks)
 
     if match_intensities not in ("none", *SCHEMES):
         raise ValueError(f"match_intensities must be 'none' or one of {sorted(SCHEMES)}, "
@@ -96,11 +100,8 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
     img = nb.load(str(std_file))
     data = np.asarray(img.dataobj, dtype=np.float32)
     mask = np.asarray(nb.load(str(mask_file)).dataobj) > 0
-    spacing = np.array(img.header.get_zooms()[:3], dtype=float)
-    zoom = spacing / model.config.voxel_mm
-    low = ndi.zoom(data, zoom, order=1)
-    low_mask = ndi.zoom(mask.astype(np.float32), zoom, order=1) > 0.5
-    low = np.where(low_mask, low, 0)
+    low, low_mask, zoom = to_model_grid(data, mask, img.header.get_zooms()[:3],
+                                        model.config.voxel_mm)
     started = time.monotonic()
     batch = batch_size_for(mem_mb, low.shape[:2], 4 * model.config.base_channels)
     last = [0.0]
@@ -113,16 +114,17 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
     harmonized = harmonize_volume(model, low, low_mask, site, sampler, seed=seed, device=device,
                                   max_batch=batch, level=level_slices, progress=progress)
     matched = subject_kept = False
-    if landmarks is not None and keep_subject:
+    if landmarks is not None and site_landmarks is not None:
+        statistics = read_site_landmarks(site_landmarks, model.config.voxel_mm)
         try:
-            if not source_site:
-                raise ValueError("the source site is not known")
-            landmarks = subject_target_landmarks(model.config, target_site, match_intensities,
-                                                 source_site, low, low_mask)
-            subject_kept = True
-        except ValueError as err:
+            own = tissue_landmarks(low, low_mask, per_tissue_of(landmarks))
+        except ValueError:
+            own = None
+        landmarks, why = scan_target_landmarks(landmarks, statistics, source_site, own)
+        subject_kept = why is None
+        if why:
             log(f"tissue intensities matched to the mean of '{target_site}', not kept per "
-                f"subject ({err})")
+                f"subject ({why})")
     if landmarks is not None:
         try:
             harmonized = match_landmarks(harmonized, low_mask, landmarks)
@@ -186,9 +188,9 @@ class _HarmonizeInputSpec(BaseInterfaceInputSpec):
                                desc="remove slice-to-slice jumps in intensity level "
                                     "(postprocess.level_slices)")
     source_site = traits.Str("", usedefault=True, desc="the site the image was acquired at")
-    keep_subject = traits.Bool(False, usedefault=True,
-                               desc="keep the scan's deviation from its own site's mean "
-                                    "landmarks in the match (site_intensity.subject_landmarks)")
+    site_landmarks = File(exists=True, desc="the dataset's tissue landmarks per site "
+                                            "(dataset_landmarks): keep where the scan stands "
+                                            "among its site's scans in the match")
     random_seed = traits.Int(0, usedefault=True)
     keep_source = traits.Bool(False, usedefault=True,
                               desc="the brain is already at the target site: write it "
@@ -227,7 +229,9 @@ class Harmonize(SimpleInterface):
             num_threads=self.inputs.num_threads,
             match_intensities=self.inputs.match_intensities,
             level_slices=self.inputs.level_slices,
-            source_site=self.inputs.source_site or None, keep_subject=self.inputs.keep_subject,
+            source_site=self.inputs.source_site or None,
+            site_landmarks=Path(self.inputs.site_landmarks)
+            if isdefined(self.inputs.site_landmarks) else None,
             log=lambda m: print(f"[harmonize_bids] {m}", flush=True))
         self._results["out_file"] = str(out)
         self._results["metadata"] = meta

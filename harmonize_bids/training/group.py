@@ -18,13 +18,13 @@ from typing import Callable
 
 import nibabel as nb
 import numpy as np
-from scipy import ndimage as ndi
 
 from harmonize_bids import __version__
 from harmonize_bids.derivatives import derivative_path
 from harmonize_bids.exceptions import InputError
 from harmonize_bids.utils.bids import T1wRecord
 from harmonize_bids.utils.cpu import configure_cpu
+from harmonize_bids.utils.grid import to_model_grid
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,9 @@ def load_training_volumes(records: list[T1wRecord], output_dir: Path, voxel_mm: 
             missing.append(rec.label)
             continue
         img = nb.load(std)
-        zoom = np.array(img.header.get_zooms()[:3]) / voxel_mm
-        data = ndi.zoom(np.asarray(img.dataobj, np.float32), zoom, order=1)
-        mask = ndi.zoom(np.asarray(nb.load(msk).dataobj, np.float32), zoom, order=1) > 0.5
-        volumes[rec.label] = {rec.site: np.where(mask, data, 0).astype(np.float32)}
+        data, mask, _ = to_model_grid(np.asarray(img.dataobj), np.asarray(nb.load(msk).dataobj),
+                                      img.header.get_zooms()[:3], voxel_mm)
+        volumes[rec.label] = {rec.site: data}
         masks[rec.label] = mask
         used.append(rec.label)
     if missing and not used:

@@ -26,7 +26,7 @@ class HarmonizeOptions:
     match_intensities: str = "none"
     level_slices: bool = True
     keep_target_site: bool = True  # images already at the target site are kept unchanged
-    keep_subject_intensities: bool = False  # landmark match keeps the scan's own deviation
+    site_landmarks: Path | None = None  # the dataset's: the landmark match keeps the subject
 
     def keeps(self, record: T1wRecord) -> bool:
         """Whether ``record`` is kept unchanged: it was acquired at the target site."""
@@ -77,7 +77,7 @@ def init_harmonize_bids_wf(*, records: list[T1wRecord], output_dir: Path, omp_nt
                 match_intensities=harmonize.match_intensities,
                 level_slices=harmonize.level_slices, keep_source=harmonize.keeps(record),
                 source_site=record.site,
-                keep_subject=harmonize.keep_subject_intensities)
+                site_landmarks=harmonize.site_landmarks)
             ds_harmonized_wf = init_ds_harmonized_wf(
                 output_dir=output_dir, source_entities=dict(record.entities), site=record.site)
             single_wf.connect([

@@ -16,14 +16,14 @@ def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSet
                       random_seed: int, device: str, omp_nthreads: int, mem_mb: int | None,
                       match_intensities: str = "none", level_slices: bool = True,
                       keep_source: bool = False, source_site: str | None = None,
-                      keep_subject: bool = False,
+                      site_landmarks: Path | None = None,
                       name: str = "harmonize_wf") -> pe.Workflow:
     """Harmonize the template-space brain to ``target_site`` and resample it to T1w.
 
     With ``keep_source`` (the image is already at ``target_site``) the brain is kept
     unchanged instead: it is the reference the other sites are brought to.  With
-    ``keep_subject`` the landmark match keeps the scan's deviation from the mean of its
-    ``source_site`` (when the model stores that site's landmarks).
+    ``site_landmarks`` (the dataset's, :mod:`harmonize_bids.dataset_landmarks`) the
+    landmark match keeps where the scan stands among the scans of its ``source_site``.
 
     Inputs: ``std_t1w``, ``std_mask``, ``t1w_preproc``, ``brain_mask``,
     ``std2t1w_xfm``.  Outputs: ``std_harmonized``, ``harmonized``, ``metadata``.
@@ -45,7 +45,9 @@ def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSet
            "intensity map of the source" if level_slices else "")
         + (f", its tissue intensity landmarks (CSF, grey and white matter {match_intensities})"
            " were mapped onto those of the target site"
-           + (" moved by the scan's own deviation from its site's mean" if keep_subject else "")
+           + (" moved by where the scan stands among its site's scans in this dataset (each "
+              "landmark's z-score within the site times the spread pooled over sites)"
+              if site_landmarks else "")
            if match_intensities != "none" else "")
         + " and it was resampled back to the T1w grid.")
     inputnode = pe.Node(niu.IdentityInterface(fields=[
@@ -57,7 +59,8 @@ def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSet
         strength=sampler.strength, stop_at=sampler.stop, samples=sampler.samples,
         match_intensities=match_intensities, level_slices=level_slices,
         random_seed=random_seed, keep_source=keep_source,
-        source_site=source_site or "", keep_subject=keep_subject,
+        source_site=source_site or "",
+        **({"site_landmarks": str(site_landmarks)} if site_landmarks else {}),
         device=device, mem_mb=mem_mb or 0, num_threads=omp_nthreads),
         # a kept brain is only copied: it needs neither the model's threads nor its memory
         name="harmonize", n_procs=1 if keep_source else omp_nthreads,
