@@ -11,7 +11,7 @@ landmarks taken from:
 
 - ``site mean``: the target site's mean landmarks stored in the model (the app's default);
 - ``subject kept``: the same, moved by the source scan's deviation from its own site's
-  stored mean (``site_intensity.subject_target_landmarks``);
+  stored mean (``site_intensity.subject_landmarks`` of the model's stored means);
 - ``truth's own``: the true target image's own landmarks (an oracle: what a perfect
   landmark estimate would give; sources only).
 
@@ -56,9 +56,8 @@ def main() -> None:
 
     from harmonize_bids import metrics
     from harmonize_bids.diffusion.checkpoint import bundled_model, read_config
-    from harmonize_bids.site_intensity import (SCHEMES, match_landmarks,
-                                               subject_target_landmarks, target_landmarks,
-                                               tissue_landmarks)
+    from harmonize_bids.site_intensity import (SCHEMES, match_landmarks, subject_landmarks,
+                                               target_landmarks, tissue_landmarks)
 
     t0 = time.monotonic()
     model_file = args.model or bundled_model()
@@ -80,7 +79,8 @@ def main() -> None:
                 score(load_ras(rescan), truth, mask, labels, classes))
         for src in args.sources:
             source = vols[a][src]
-            kept = subject_target_landmarks(config, args.target, args.scheme, src, source, mask)
+            kept = subject_landmarks(site_mean, target_landmarks(config, src, args.scheme),
+                                     tissue_landmarks(source, mask, SCHEMES[args.scheme]))
             rows[("none", src)].append(score(source, truth, mask, labels, classes))
             images = {"source": source}
             images.update({name: load_ras(Path(d) / f"{a}_from-{src}.nii.gz")

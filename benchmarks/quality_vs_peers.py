@@ -123,29 +123,40 @@ def match_variants(model, targets: list[str]) -> tuple[str | None, ...]:
 
 
 def matched(image, mask, model, site: str, scheme: str | None, source=None,
-            source_site: str | None = None):
+            source_site: str | None = None, statistics=None):
     """``image`` as sampled (``scheme`` None) or mapped onto ``site``'s stored landmarks;
-    for ``SCHEME+subject``, moved by the ``source`` scan's deviation from its own site's
-    stored landmarks (``site_intensity.subject_target_landmarks``) when the model stores
-    ``source_site``'s, else the plain ``SCHEME`` match."""
-    from harmonize_bids.site_intensity import (match_landmarks, subject_target_landmarks,
-                                               target_landmarks)
+    for ``SCHEME+subject``, onto those moved by where the ``source`` scan stands among its
+    site's scans in the dataset's ``statistics`` (``site_intensity.scan_target_landmarks``,
+    what ``--keep-subject-intensities`` does), else the plain ``SCHEME`` match."""
+    from harmonize_bids.site_intensity import (SCHEMES, match_landmarks, scan_target_landmarks,
+                                               target_landmarks, tissue_landmarks)
 
     if scheme is None:
         return image
-    if scheme.endswith(SUBJECT):
-        scheme = scheme[:-len(SUBJECT)]
-        if source is not None and source_site in model.config.site_landmarks:
-            try:
-                return match_landmarks(image, mask, subject_target_landmarks(
-                    model.config, site, scheme, source_site, source, mask))
-            except ValueError:
-                pass
-    return match_landmarks(image, mask, target_landmarks(model.config, site, scheme))
+    keep = scheme.endswith(SUBJECT)
+    scheme = scheme[:-len(SUBJECT)] if keep else scheme
+    landmarks = target_landmarks(model.config, site, scheme)
+    if keep and source is not None:
+        own = tissue_landmarks(source, mask, SCHEMES[scheme])
+        landmarks, _why = scan_target_landmarks(landmarks, statistics, source_site, own)
+    return match_landmarks(image, mask, landmarks)
+
+
+def dataset_statistics(images, vols, masks, scheme: str):
+    """``site_intensity.site_statistics`` of every test image (the dataset, as the group
+    level's ``--landmarks-only`` computes it from the participants' brains)."""
+    from harmonize_bids.site_intensity import SCHEMES, site_statistics, tissue_landmarks
+
+    by_site: dict[str, list] = {}
+    for img in images:
+        by_site.setdefault(img.site, []).append(tissue_landmarks(
+            vols[img.anatomy][img.site], masks[img.anatomy], SCHEMES[scheme]))
+    return site_statistics(by_site)
 
 
 def our_variants(raw, source, mask, model, target: str, levels: tuple[bool, ...],
-                 matches: tuple[str | None, ...], source_site: str | None = None):
+                 matches: tuple[str | None, ...], source_site: str | None = None,
+                 statistics=None):
     """``(levelled, scheme, image, seconds)`` for each variant of one chain's output
     ``raw``: slice levelling on or off (``harmonize_volume(..., level=True)`` is
     ``level_slices`` of its ``level=False`` output, tested), then each landmark scheme;
@@ -158,7 +169,8 @@ def our_variants(raw, source, mask, model, target: str, levels: tuple[bool, ...]
         levelling = time.monotonic() - t0
         for scheme in matches:
             t1 = time.monotonic()
-            final = matched(image, mask, model, target, scheme, source, source_site)
+            final = matched(image, mask, model, target, scheme, source, source_site,
+                            statistics)
             yield levelled, scheme, final, levelling + time.monotonic() - t1
 
 
@@ -238,6 +250,9 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
         tables.append((name, merged, (time.monotonic() - t0) / n))
         log(f"{name} done")
     variants = [(lev, m) for lev in levels for m in matches]
+    subject = [m for m in matches if m and m.endswith(SUBJECT)]
+    statistics = dataset_statistics(images, vols, masks, subject[0][:-len(SUBJECT)]) \
+        if subject else None
     for sampler in samplers:
         merged = {v: None for v in variants}
         seconds = {v: 0.0 for v in variants}
@@ -259,7 +274,8 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
                                        sampler, seed=0, level=False)
                 spent = time.monotonic() - t0
                 for lev, m, final, extra in our_variants(raw, src, mask, model, target,
-                                                         levels, matches, img.site):
+                                                         levels, matches, img.site,
+                                                         statistics):
                     seconds[lev, m] += spent + extra
                     meta = {"TargetSite": target, "SourceSite": img.site,
                             **sampler.metadata(), "SliceLevelsEqualized": lev,
@@ -462,9 +478,9 @@ def main() -> None:
                         help="score only these landmark schemes beside the sampled output "
                              "(default: every scheme the model stores)")
     parser.add_argument("--keep-subject", action="store_true",
-                        help="also score the finest landmark match with the scan's deviation "
-                             "from its own site's mean kept (sources from a site the model "
-                             "stores landmarks for; others get the plain match)")
+                        help="also score the finest landmark match keeping where each scan "
+                             "stands among its site's scans in the test set "
+                             "(--keep-subject-intensities; site_intensity.scan_target_landmarks)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/hb_quality"))
     parser.add_argument("--results", type=Path, required=True,
