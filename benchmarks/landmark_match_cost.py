@@ -30,8 +30,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_models import read_test_set, score, table  # noqa: E402
 from results_file import write_results  # noqa: E402

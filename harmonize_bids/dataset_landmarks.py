@@ -15,11 +15,9 @@ import json
 from pathlib import Path
 from typing import Callable
 
-import nibabel as nb
 import numpy as np
 
 from harmonize_bids import __version__
-from harmonize_bids.derivatives import derivative_path
 from harmonize_bids.exceptions import InputError
 from harmonize_bids.site_intensity import (
     SiteLandmarks,
@@ -29,7 +27,7 @@ from harmonize_bids.site_intensity import (
     tissue_landmarks,
 )
 from harmonize_bids.utils.bids import T1wRecord
-from harmonize_bids.utils.grid import to_model_grid
+from harmonize_bids.utils.grid import preprocessed_brain
 from harmonize_bids.utils.io import atomic_write_json
 
 #: the format of the file, checked when it is read
@@ -48,14 +46,11 @@ def participant_landmarks(records: list[T1wRecord], output_dir: Path, voxel_mm: 
     by_site: dict[str, list[np.ndarray]] = {}
     missing, bad = [], []
     for i, rec in enumerate(records, 1):
-        std = derivative_path(output_dir, rec.entities, "std_t1w")
-        msk = derivative_path(output_dir, rec.entities, "std_mask")
-        if not (std.is_file() and msk.is_file()):
+        loaded = preprocessed_brain(output_dir, rec.entities, voxel_mm)
+        if loaded is None:
             missing.append(rec.label)
             continue
-        img = nb.load(std)
-        brain, mask, _ = to_model_grid(np.asarray(img.dataobj), np.asarray(nb.load(msk).dataobj),
-                                       img.header.get_zooms()[:3], voxel_mm)
+        brain, mask = loaded
         try:
             by_site.setdefault(rec.site, []).append(tissue_landmarks(brain, mask, per_tissue))
         except ValueError as err:

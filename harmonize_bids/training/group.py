@@ -16,15 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import nibabel as nb
 import numpy as np
 
 from harmonize_bids import __version__
-from harmonize_bids.derivatives import derivative_path
 from harmonize_bids.exceptions import InputError
 from harmonize_bids.utils.bids import T1wRecord
 from harmonize_bids.utils.cpu import configure_cpu
-from harmonize_bids.utils.grid import to_model_grid
+from harmonize_bids.utils.grid import preprocessed_brain
 
 
 @dataclass(frozen=True)
@@ -48,14 +46,11 @@ def load_training_volumes(records: list[T1wRecord], output_dir: Path, voxel_mm: 
     """Template-space brains of every record, at ``voxel_mm``: (volumes, masks, used)."""
     volumes, masks, used, missing = {}, {}, [], []
     for rec in records:
-        std = derivative_path(output_dir, rec.entities, "std_t1w")
-        msk = derivative_path(output_dir, rec.entities, "std_mask")
-        if not (std.is_file() and msk.is_file()):
+        brain = preprocessed_brain(output_dir, rec.entities, voxel_mm)
+        if brain is None:
             missing.append(rec.label)
             continue
-        img = nb.load(std)
-        data, mask, _ = to_model_grid(np.asarray(img.dataobj), np.asarray(nb.load(msk).dataobj),
-                                      img.header.get_zooms()[:3], voxel_mm)
+        data, mask = brain
         volumes[rec.label] = {rec.site: data}
         masks[rec.label] = mask
         used.append(rec.label)

@@ -1,6 +1,10 @@
 """Bringing a template-space brain to the model's voxel size."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import nibabel as nb
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -23,3 +27,20 @@ def to_model_grid(data: np.ndarray, mask: np.ndarray, spacing, voxel_mm: float
     low = ndi.zoom(np.asarray(data, np.float32), zoom, order=1)
     low_mask = ndi.zoom(np.asarray(mask, np.float32), zoom, order=1) > 0.5
     return np.where(low_mask, low, 0).astype(np.float32), low_mask, zoom
+
+
+def preprocessed_brain(output_dir: Path, entities: dict[str, Any], voxel_mm: float
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The participant level's template-space brain and mask of a T1w (its BIDS
+    ``entities``) on the model's grid (:func:`to_model_grid`), or ``None`` when either
+    file is missing (the participant level has not run for it)."""
+    from harmonize_bids.derivatives import derivative_path
+
+    std = derivative_path(output_dir, entities, "std_t1w")
+    msk = derivative_path(output_dir, entities, "std_mask")
+    if not (std.is_file() and msk.is_file()):
+        return None
+    img = nb.load(std)
+    brain, mask, _ = to_model_grid(np.asarray(img.dataobj), np.asarray(nb.load(msk).dataobj),
+                                   img.header.get_zooms()[:3], voxel_mm)
+    return brain, mask
