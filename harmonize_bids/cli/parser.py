@@ -13,7 +13,7 @@ from harmonize_bids import __version__
 from harmonize_bids.config import Settings
 from harmonize_bids.diffusion.schedule import SamplerSettings
 from harmonize_bids.exceptions import InputError, UsageError
-from harmonize_bids.site_intensity import SCHEMES
+from harmonize_bids.site_intensity import MIN_SITE_IMAGES, SCHEMES
 from harmonize_bids.utils.bids import clean_labels, load_bids_filters
 
 
@@ -149,8 +149,8 @@ def _build_parser() -> argparse.ArgumentParser:
                             "true target image, site no easier to tell (docs/model.md, "
                             "'Decisions of session 25'). Needs the dataset's site landmarks: "
                             "run the participant level without --target-site, then 'group "
-                            "--landmarks-only', then this. Sites with fewer than 5 scans get "
-                            "the plain match")
+                            f"--landmarks-only', then this. Sites with fewer than "
+                            f"{MIN_SITE_IMAGES} scans get the plain match")
     model.add_argument("--site-landmarks", type=Path, metavar="FILE", default=None,
                        help="the site landmarks file --keep-subject-intensities reads "
                             "(default: OUTPUT_DIR/site_landmarks.json, written by 'group "
