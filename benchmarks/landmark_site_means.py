@@ -21,6 +21,11 @@ match), writes ``{method}_{scheme}+dataset-{deviation}_{target}`` beside it and 
 it with the benchmark's ``evaluate`` (SSIM, PSNR, tissue Dice per pair, site
 predictability).
 
+``--scans-per-site K`` emulates smaller datasets: the anatomies are split into groups of
+about K (``numpy.array_split``), each group a dataset of its own whose statistics come
+from its scans only, and every scan keeps its subject part however few its site has
+(the app's ``MIN_SITE_IMAGES`` is bypassed, to measure what it should be).
+
     python benchmarks/landmark_site_means.py --out-dir /tmp/hb_q22 --target siemens3tmprage \\
         --results benchmarks/results/landmark_site_means.md
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import shutil
 import sys
 import time
@@ -49,13 +55,16 @@ def main() -> None:
                         help="source sites that get the subject-kept match (default: all)")
     parser.add_argument("--scheme", default="vigintiles")
     parser.add_argument("--deviation", choices=["zscore", "ratio"], default="zscore")
+    parser.add_argument("--scans-per-site", type=int, default=None, metavar="K",
+                        help="statistics from groups of about K anatomies (default: all)")
     parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
     parser.add_argument("--results", type=Path, default=None, help="append the table here")
     args = parser.parse_args()
 
     from harmonize_bids.diffusion.checkpoint import bundled_model, read_config
     from harmonize_bids.evaluation import evaluate
-    from harmonize_bids.site_intensity import (SCHEMES, match_landmarks, scan_target_landmarks,
+    from harmonize_bids.site_intensity import (MIN_SITE_IMAGES, SCHEMES, match_landmarks,
+                                               scan_target_landmarks,
                                                site_statistics, subject_landmarks,
                                                target_landmarks, tissue_landmarks)
 
@@ -66,12 +75,19 @@ def main() -> None:
     pairs = sent_pairs(args.out_dir, args.method, args.target)
     own = {img.participant: tissue_landmarks(load(img.t1w), load(img.brain_mask) > 0,
                                              SCHEMES[args.scheme]) for img, _, _ in pairs}
-    by_site: dict[str, list] = {}
+    anatomies = sorted({img.anatomy for img, _, _ in pairs})
+    groups = np.array_split(anatomies, math.ceil(len(anatomies) / (args.scans_per_site
+                                                                    or len(anatomies))))
+    group_of = {a: g for g, members in enumerate(groups) for a in members}
+    by_site: list[dict[str, list]] = [{} for _ in groups]
     for img, _, _ in pairs:
-        by_site.setdefault(img.site, []).append(own[img.participant])
-    stats = site_statistics(by_site)
-    kept = set(stats) if args.sites is None else set(args.sites) & set(stats)
-    dest = args.out_dir / f"{args.method}_{args.scheme}+dataset-{args.deviation}_{args.target}"
+        by_site[group_of[img.anatomy]].setdefault(img.site, []).append(own[img.participant])
+    stats = [site_statistics(b) for b in by_site]
+    fewest = min(len(g) for g in groups) if args.scans_per_site else MIN_SITE_IMAGES
+    kept = set(stats[0]) if args.sites is None else set(args.sites) & set(stats[0])
+    size = f"-k{args.scans_per_site}" if args.scans_per_site else ""
+    dest = args.out_dir / (f"{args.method}_{args.scheme}+dataset-{args.deviation}{size}_"
+                           f"{args.target}")
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(source_dir, dest)
@@ -79,9 +95,11 @@ def main() -> None:
         if img.site not in kept:
             landmarks = target
         elif args.deviation == "ratio":
-            landmarks = subject_landmarks(target, stats[img.site].mean, own[img.participant])
+            landmarks = subject_landmarks(target, stats[group_of[img.anatomy]][img.site].mean,
+                                          own[img.participant])
         else:
-            landmarks, why = scan_target_landmarks(target, stats, img.site, own[img.participant])
+            landmarks, why = scan_target_landmarks(target, stats[group_of[img.anatomy]],
+                                                   img.site, own[img.participant], fewest)
             if why:
                 print(f"{img.participant}: plain match ({why})")
         image = nb.load(path)
@@ -89,7 +107,8 @@ def main() -> None:
         nb.Nifti1Image(matched, image.affine, image.header).to_filename(
             dest / path.relative_to(source_dir))
     res = evaluate(args.out_dir / "test_n4", dest)
-    lines = [f"### `{dest.name}`: subject kept for {sorted(kept)}", "",
+    lines = [f"### `{dest.name}`: subject kept for {sorted(kept)}; statistics from groups "
+             f"of {[len(g) for g in groups]} anatomies", "",
              f"`python benchmarks/landmark_site_means.py {' '.join(sys.argv[1:])}`; "
              f"{datetime.date.today()}, {time.monotonic() - t0:.0f} s; "
              f"model `{Path(model_file).name}`, {len(pairs)} outputs", "",

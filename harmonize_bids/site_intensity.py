@@ -49,9 +49,11 @@ SCHEMES = {"medians": 1, "quartiles": 3, "deciles": 9, "vigintiles": 19}
 #: what a model stores: quantiles on the 5 % grid, which holds the levels of every scheme
 STORED_PER_TISSUE = 19
 TISSUES = ("csf", "gm", "wm")
-#: fewest scans of a site for its mean and spread to stand for it (session 25: 8 per site
-#: were measured; fewer get the plain match onto the target site's landmarks)
-MIN_SITE_IMAGES = 5
+#: fewest scans of a site for its mean and spread to stand for it; fewer get the plain
+#: match onto the target site's landmarks.  Session 25 (``landmark_site_means.py
+#: --scans-per-site``): 2 scans per site gain nothing over the plain match, 3 most of what
+#: 8 gain, 4 all of it, towards both targets
+MIN_SITE_IMAGES = 3
 
 
 def tissue_levels(per_tissue: int) -> tuple[float, ...]:

@@ -423,7 +423,7 @@ def test_scan_target_landmarks_says_why_it_falls_back_to_the_plain_match():
                          ((stats, None, own), "not known"),
                          ((stats, "a", None), "not known"),
                          ((stats, "elsewhere", own), "0 scan(s) of 'elsewhere'"),
-                         ((stats, "few", own), "2 scan(s) of 'few', fewer than 5")]:
+                         ((stats, "few", own), "2 scan(s) of 'few', fewer than 3")]:
         out, why = si.scan_target_landmarks(target, *args)
         np.testing.assert_array_equal(out, target)
         assert reason in why
