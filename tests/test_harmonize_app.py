@@ -184,3 +184,19 @@ def test_group_level_needs_participant_outputs(synthetic_bids, tmp_path):
     code = main([str(synthetic_bids), str(tmp_path / "empty_out"), "group", "-w",
                  str(tmp_path / "w"), "--train-steps", "2", "--skip-bids-validation"])
     assert code == 66
+
+
+def test_a_bad_site_landmarks_file_is_refused_before_any_work(synthetic_bids, tiny_model_file,
+                                                              tmp_path, caplog):
+    """--keep-subject-intensities with a site landmarks file the group level did not
+    write (or measured at another voxel size) stops before any preprocessing."""
+    out = tmp_path / "out"
+    bad = tmp_path / "sites.json"
+    bad.write_text(json.dumps({"Sites": {}}))
+    code = main([str(synthetic_bids), str(out), "participant", "-w", str(tmp_path / "w"),
+                 "--target-site", "siteB", "--model", str(tiny_model_file),
+                 "--keep-subject-intensities", "--site-landmarks", str(bad),
+                 "--skip-bids-validation"])
+    assert code == 66
+    assert "not a site landmarks file" in caplog.text
+    assert not list(out.glob("sub-*")) and not (tmp_path / "w" / "harmonize_bids_wf").exists()

@@ -199,6 +199,16 @@ def build_workflow(settings: Settings):
         scheme = check_target_site(model_file, settings.target_site,
                                    settings.match_intensities)
         sampler = settings.sampler()
+        if settings.site_landmarks is not None:
+            from harmonize_bids.dataset_landmarks import read_site_landmarks
+            from harmonize_bids.diffusion.checkpoint import read_config
+
+            # refuse a malformed file or one measured at another voxel size before any work
+            statistics = read_site_landmarks(settings.site_landmarks,
+                                             read_config(model_file).voxel_mm)
+            LOGGER.info("Tissue intensities keep each scan's place among its site's scans "
+                        "(%s: %s)", settings.site_landmarks,
+                        ", ".join(f"{site} {s.images}" for site, s in sorted(statistics.items())))
         harmonize = HarmonizeOptions(model_file=model_file, target_site=settings.target_site,
                                      sampler=sampler, device=settings.device,
                                      mem_mb=settings.mem_mb, match_intensities=scheme,

@@ -79,10 +79,10 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
     from harmonize_bids.dataset_landmarks import read_site_landmarks
     from harmonize_bids.diffusion.checkpoint import file_sha256, load_model
     from harmonize_bids.diffusion.volume import batch_size_for, harmonize_volume
-    from harmonize_bids.utils.grid import to_model_grid
     from harmonize_bids.site_intensity import (match_landmarks, per_tissue_of,
                                                scan_target_landmarks, target_landmarks,
                                                tissue_landmarks)
+    from harmonize_bids.utils.grid import to_model_grid
 
     if match_intensities not in ("none", *SCHEMES):
         raise ValueError(f"match_intensities must be 'none' or one of {sorted(SCHEMES)}, "
@@ -97,6 +97,9 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
             landmarks = target_landmarks(model.config, target_site, match_intensities)
         except ValueError as err:
             log(f"{err}: the output is kept as sampled")
+    # read (and check) the dataset's statistics before the model runs, not after
+    statistics = None if landmarks is None or site_landmarks is None \
+        else read_site_landmarks(site_landmarks, model.config.voxel_mm)
     img = nb.load(str(std_file))
     data = np.asarray(img.dataobj, dtype=np.float32)
     mask = np.asarray(nb.load(str(mask_file)).dataobj) > 0
@@ -114,8 +117,7 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
     harmonized = harmonize_volume(model, low, low_mask, site, sampler, seed=seed, device=device,
                                   max_batch=batch, level=level_slices, progress=progress)
     matched = subject_kept = False
-    if landmarks is not None and site_landmarks is not None:
-        statistics = read_site_landmarks(site_landmarks, model.config.voxel_mm)
+    if statistics is not None:
         try:
             own = tissue_landmarks(low, low_mask, per_tissue_of(landmarks))
         except ValueError:
