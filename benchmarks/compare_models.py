@@ -178,13 +178,11 @@ def main() -> None:
             print(f"[{time.monotonic() - t0:5.0f} s] {name}: {a}", flush=True)
 
     text = table(dict(rows), args.sources)
-    print(text)
-    if args.results:
-        write_results(args.results, f"Model A/B towards `{args.target}`", sys.argv,
-                      f"{args.threads} threads, {time.monotonic() - t0:.0f} s; anatomies: "
-                      f"{', '.join(anatomies)}.\nCoarse and depth x tissue: mean squared error "
-                      "x 10^4 (error_bands.py); WM/GM: mean error by depth below the brain's "
-                      "surface, % of the range.", text)
+    write_results(args.results, f"Model A/B towards `{args.target}`", sys.argv,
+                  f"{args.threads} threads, {time.monotonic() - t0:.0f} s; anatomies: "
+                  f"{', '.join(anatomies)}.\nCoarse and depth x tissue: mean squared error "
+                  "x 10^4 (error_bands.py); WM/GM: mean error by depth below the brain's "
+                  "surface, % of the range.", text)
 
 
 if __name__ == "__main__":

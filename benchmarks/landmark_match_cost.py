@@ -94,11 +94,9 @@ def main() -> None:
             print(f"[{time.monotonic() - t0:5.0f} s] {a} from {src}", flush=True)
 
     text = table(dict(rows), args.sources)
-    print(text)
-    if args.results:
-        write_results(args.results, f"Landmark match cost towards `{args.target}`", sys.argv,
-                      f"{time.monotonic() - t0:.0f} s; model `{Path(model_file).name}`, "
-                      f"{args.scheme}; anatomies: {', '.join(anatomies)}.", text)
+    write_results(args.results, f"Landmark match cost towards `{args.target}`", sys.argv,
+                  f"{time.monotonic() - t0:.0f} s; model `{Path(model_file).name}`, "
+                  f"{args.scheme}; anatomies: {', '.join(anatomies)}.", text)
 
 
 if __name__ == "__main__":

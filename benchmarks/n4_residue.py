@@ -110,11 +110,9 @@ def main() -> None:
                 lines.append(f"| {proto_name} | {label} | {v[0]:.2f} | {v[1]:.3f} | {v[2]:.3f} |")
             print(lines[-1], flush=True)
     text = "\n".join(lines)
-    print(text)
-    if args.results:
-        write_results(args.results, "What N4 leaves behind", sys.argv,
-                      f"{args.threads} threads, {time.monotonic() - t0:.0f} s; anatomies: "
-                      f"{', '.join(HELD_OUT[:args.n_anatomies])} (held out of training).", text)
+    write_results(args.results, "What N4 leaves behind", sys.argv,
+                  f"{args.threads} threads, {time.monotonic() - t0:.0f} s; anatomies: "
+                  f"{', '.join(HELD_OUT[:args.n_anatomies])} (held out of training).", text)
 
 
 if __name__ == "__main__":

@@ -125,13 +125,11 @@ def main() -> None:
         lines.append(row(name, f"sampled {args.steps} x {args.samples}, raw", sampled))
         print(f"[{time.monotonic() - t0:5.0f} s] {name}", flush=True)
     text = "\n".join(lines)
-    print(text)
-    if args.results:
-        write_results(args.results,
-                      f"Prediction level by slice: `{anatomy}`, {args.source} -> {args.target}",
-                      sys.argv, f"{args.threads} threads, {time.monotonic() - t0:.0f} s. Mean "
-                      "error of the true label's voxels, % of the truth's WM median, normalized "
-                      "units, no post-processing.", text)
+    write_results(args.results,
+                  f"Prediction level by slice: `{anatomy}`, {args.source} -> {args.target}",
+                  sys.argv, f"{args.threads} threads, {time.monotonic() - t0:.0f} s. Mean "
+                  "error of the true label's voxels, % of the truth's WM median, normalized "
+                  "units, no post-processing.", text)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ def results_text(title: str, argv: Sequence[str], details: str, text: str) -> st
     return "\n".join(header) + text + "\n"
 
 
-def write_results(path: Path, title: str, argv: Sequence[str], details: str,
+def write_results(path: Path | None, title: str, argv: Sequence[str], details: str,
                   text: str) -> None:
-    """Write :func:`results_text` to ``path``."""
-    Path(path).write_text(results_text(title, argv, details, text))
+    """Print the table ``text``; write :func:`results_text` to ``path`` when one is given."""
+    print(text)
+    if path:
+        Path(path).write_text(results_text(title, argv, details, text))
