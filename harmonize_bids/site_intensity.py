@@ -151,6 +151,19 @@ def wm_median_index(per_tissue: int) -> int:
     return 1 + 2 * per_tissue + per_tissue // 2
 
 
+def in_wm_units(landmarks: Sequence[float]) -> np.ndarray:
+    """``landmarks`` divided by their white-matter median.
+
+    >>> in_wm_units([0.2, 0.6, 1.0, 2.0, 2.4]).tolist()
+    [0.1, 0.3, 0.5, 1.0, 1.2]
+    """
+    arr = check_landmarks(landmarks)
+    wm = arr[wm_median_index(per_tissue_of(arr))]
+    if wm <= 0:
+        raise ValueError("landmarks must be positive to put them in white-matter units")
+    return arr / wm
+
+
 def subject_landmarks(target_site: Sequence[float], source_site: Sequence[float],
                       source_own: Sequence[float]) -> np.ndarray:
     """The target site's landmarks moved by one scan's deviation from its own site's mean.
@@ -171,15 +184,13 @@ def subject_landmarks(target_site: Sequence[float], source_site: Sequence[float]
     [0.1, 0.3, 0.65, 0.8, 1.0]
     """
     target = check_landmarks(target_site)
-    site, own = check_landmarks(source_site), check_landmarks(source_own)
+    site, own = in_wm_units(source_site), in_wm_units(source_own)
     if not len(target) == len(site) == len(own):
         raise ValueError(f"landmark vectors of different schemes: {len(target)}, "
                          f"{len(site)}, {len(own)} values")
-    w = wm_median_index(per_tissue_of(target))
-    if min(target[w], site[w], own[w]) <= 0 or np.any(site <= 0):
+    if np.any(site <= 0):
         raise ValueError("landmarks must be positive to compare them in white-matter units")
-    out = target * (own / own[w]) / (site / site[w])
-    return check_landmarks(out)
+    return check_landmarks(target * own / site)
 
 
 def site_landmarks(images: Mapping[str, Iterable[tuple[np.ndarray, np.ndarray]]],
@@ -268,19 +279,6 @@ class SiteLandmarks:
     sd: np.ndarray
 
 
-def in_wm_units(landmarks: Sequence[float]) -> np.ndarray:
-    """``landmarks`` divided by their white-matter median.
-
-    >>> in_wm_units([0.2, 0.6, 1.0, 2.0, 2.4]).tolist()
-    [0.1, 0.3, 0.5, 1.0, 1.2]
-    """
-    arr = check_landmarks(landmarks)
-    wm = arr[wm_median_index(per_tissue_of(arr))]
-    if wm <= 0:
-        raise ValueError("landmarks must be positive to put them in white-matter units")
-    return arr / wm
-
-
 def site_statistics(landmarks_by_site: Mapping[str, Iterable[Sequence[float]]]
                     ) -> dict[str, SiteLandmarks]:
     """Mean and standard deviation (ddof 1; 0 for a single scan) of each site's landmarks,
@@ -354,8 +352,10 @@ def scan_target_landmarks(target: np.ndarray, statistics: Mapping[str, SiteLandm
     """
     if statistics is None:
         return target, "no site statistics"
-    if not source_site or source_own is None:
+    if not source_site:
         return target, "the source site is not known"
+    if source_own is None:
+        return target, "the scan's own tissue landmarks could not be measured"
     site = statistics.get(source_site)
     if site is None or site.images < min_images:
         have = 0 if site is None else site.images

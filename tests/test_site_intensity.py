@@ -421,7 +421,7 @@ def test_scan_target_landmarks_says_why_it_falls_back_to_the_plain_match():
     assert why is None and kept[2] > target[2]
     for args, reason in [((None, "a", own), "no site statistics"),
                          ((stats, None, own), "not known"),
-                         ((stats, "a", None), "not known"),
+                         ((stats, "a", None), "could not be measured"),
                          ((stats, "elsewhere", own), "0 scan(s) of 'elsewhere'"),
                          ((stats, "few", own), "2 scan(s) of 'few', fewer than 3")]:
         out, why = si.scan_target_landmarks(target, *args)
