@@ -198,9 +198,11 @@ def test_keep_subject_intensities_needs_the_dataset_site_landmarks(tmp_path):
     args = [str(bids), str(out), "participant"]
     settings = parse_args(args)
     assert settings.keep_subject_intensities is False and settings.site_landmarks is None
-    keep = args + ["--keep-subject-intensities"]
+    keep = args + ["--target-site", "b", "--keep-subject-intensities"]
     with pytest.raises(InputError, match="group --landmarks-only"):
         parse_args(keep)
+    # preprocessing only (no --target-site): nothing to match, nothing needed
+    assert parse_args(args + ["--keep-subject-intensities"]).site_landmarks is None
     out.mkdir()
     (out / "site_landmarks.json").write_text("{}")
     assert parse_args(keep).site_landmarks == out / "site_landmarks.json"

@@ -265,7 +265,8 @@ def _check(opts: argparse.Namespace) -> Settings:
     if opts.keep_subject_intensities and opts.match_intensities == "none":
         raise UsageError("--keep-subject-intensities moves the tissue intensity match: it "
                          "needs --match-intensities other than 'none'.")
-    if opts.keep_subject_intensities and opts.analysis_level == "participant":
+    if opts.keep_subject_intensities and opts.analysis_level == "participant" \
+            and opts.target_site is not None:  # without a target site nothing is harmonized
         from harmonize_bids.derivatives import site_landmarks_path
 
         site_landmarks = (opts.site_landmarks or site_landmarks_path(output_dir)).absolute()
