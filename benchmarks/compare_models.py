@@ -51,6 +51,16 @@ def parse_models(specs: list[str]) -> dict[str, str | None]:
     return out
 
 
+def add_test_set_arguments(parser: argparse.ArgumentParser, n_anatomies: int) -> None:
+    """``--out-dir``, ``--target``, ``--sources``, ``--n-anatomies``: what
+    :func:`read_test_set` and the scoring read."""
+    parser.add_argument("--out-dir", type=Path, required=True,
+                        help="a quality_vs_peers.py --out-dir (its test_n4/ is used)")
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--sources", nargs="+", required=True)
+    parser.add_argument("--n-anatomies", type=int, default=n_anatomies)
+
+
 def read_test_set(out_dir: Path, n_anatomies: int) -> tuple[dict, dict, dict, list[str]]:
     """``(volumes, masks, by, anatomies)`` of a ``quality_vs_peers.py --out-dir``'s
     N4-corrected ``test_n4/``: RAS volumes ``{anatomy: {site: array}}`` and brain masks
@@ -114,12 +124,8 @@ def table(rows: dict[tuple[str, str], list[list[float]]], sources: list[str]) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out-dir", type=Path, required=True,
-                        help="a quality_vs_peers.py --out-dir (its test_n4/ is used)")
-    parser.add_argument("--target", required=True)
-    parser.add_argument("--sources", nargs="+", required=True)
+    add_test_set_arguments(parser, n_anatomies=3)
     parser.add_argument("--models", nargs="+", required=True, help="bundled and/or NAME=PATH")
-    parser.add_argument("--n-anatomies", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", type=Path, default=None, help="also write the table here")
     parser.add_argument("--save-dir", type=Path, default=None,

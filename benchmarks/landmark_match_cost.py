@@ -31,18 +31,14 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_models import read_test_set, score, table  # noqa: E402
+from compare_models import add_test_set_arguments, read_test_set, score, table  # noqa: E402
 from results_file import write_results  # noqa: E402
 from train_simulated import load_ras  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out-dir", type=Path, required=True,
-                        help="a quality_vs_peers.py --out-dir (its test_n4/ is used)")
-    parser.add_argument("--target", required=True)
-    parser.add_argument("--sources", nargs="+", required=True)
-    parser.add_argument("--n-anatomies", type=int, default=4)
+    add_test_set_arguments(parser, n_anatomies=4)
     parser.add_argument("--model", type=Path, default=None,
                         help="the model whose stored landmarks are used (default: bundled)")
     parser.add_argument("--scheme", default="vigintiles")
