@@ -63,9 +63,10 @@ def one_step_estimates(model, source: np.ndarray, truth: np.ndarray, mask: np.nd
             acc = np.zeros(truth.shape, np.float32)
             for _ in range(repeats):
                 noise = torch.randn(clean.shape, generator=generator)
-                x_t = NoiseSchedule.q_sample(clean, noise, ab_all[t])
+                x_t = NoiseSchedule.q_sample(model.diffused(clean, stacks), noise, ab_all[t])
                 pred = model(x_t, torch.full((len(has),), t), sites, cond, stacks)
-                x0, _ = NoiseSchedule.x0_eps_from(model.config.prediction, pred, x_t, ab_all[t])
+                x0 = model.image(NoiseSchedule.x0_eps_from(
+                    model.config.prediction, pred, x_t, ab_all[t])[0], stacks)
                 acc[:, :, has] += np.moveaxis(x0[:, 0, :h, :w].numpy(), 0, -1) / repeats
             out[t] = np.where(mask, acc, 0)
     return out

@@ -248,6 +248,9 @@ def main() -> None:
                         help="normalize inside the brain only (ModelConfig.norm_in_brain), so "
                              "the output does not depend on the background around it "
                              "(docs/model.md, session 22)")
+    parser.add_argument("--residual-scale", type=float, default=0.0, metavar="R",
+                        help="diffuse R * (target - source) instead of the target "
+                             "(ModelConfig.residual_scale; 0: the image, as the bundled model)")
     parser.add_argument("--n4-renders", action="store_true",
                         help="render the simulated sites with their bias fields and N4-correct "
                              "them as the app does (work/simulated_n4), instead of bias-free "
@@ -368,7 +371,8 @@ def main() -> None:
     config = ModelConfig(sites=MODEL_SITES, base_channels=args.base_channels, voxel_mm=2.0,
                          site_landmarks=landmarks, source_input=args.source_input,
                          fill_background=args.fill_background,
-                         norm_in_brain=args.norm_in_brain)
+                         norm_in_brain=args.norm_in_brain,
+                         residual_scale=args.residual_scale)
     model = HarmonizationModel(config)
     init = None
     if args.init_from:
@@ -379,7 +383,8 @@ def main() -> None:
         if dataclasses.replace(earlier.config, source_input=config.source_input,
                                site_landmarks=landmarks,
                                fill_background=config.fill_background,
-                               norm_in_brain=config.norm_in_brain) != config:
+                               norm_in_brain=config.norm_in_brain,
+                               residual_scale=config.residual_scale) != config:
             raise SystemExit(f"{args.init_from}: another network or site list; cannot start "
                              "from it")
         widened = warm_start(model, earlier.state_dict())

@@ -199,8 +199,8 @@ def test_untrusted_model_files_are_refused(tmp_path):
 
 
 # ------------------------------------------------------------------ training
-@pytest.mark.parametrize("source_input", [False, True])
-def test_tiny_model_trains_and_loss_drops(source_input):
+@pytest.mark.parametrize("source_input,residual_scale", [(False, 0.0), (True, 0.0), (True, 3.0)])
+def test_tiny_model_trains_and_loss_drops(source_input, residual_scale):
     from harmonize_bids.training.data import PairedSlices, normalize_brain
     from harmonize_bids.training.loop import TrainConfig, TrainLoop, training_losses
     from harmonize_bids.simulate.protocols import PROTOCOLS
@@ -214,7 +214,8 @@ def test_tiny_model_trains_and_loss_drops(source_input):
         volumes["toy"][name] = normalize_brain(np.asarray(img.dataobj, float),
                                                np.asarray(mask.dataobj))
     data = PairedSlices(volumes, ["siemens3tmprage", "ge15tspgr"], crop=(16, 16))
-    model = tiny_model(sites=("siemens3tmprage", "ge15tspgr"), source_input=source_input)
+    model = tiny_model(sites=("siemens3tmprage", "ge15tspgr"), source_input=source_input,
+                       residual_scale=residual_scale)
     loop = TrainLoop(model, lambda rng: data.sample(8, rng), TrainConfig(lr=2e-3, seed=0))
     fixed = data.sample(8, np.random.default_rng(1))
     t = torch.tensor([50, 200, 400, 600, 800, 900, 950, 999])
@@ -407,15 +408,17 @@ def test_edge_weight_counts_the_brains_outer_band_more():
     assert not torch.allclose(edged, plain)
 
 
-@pytest.mark.parametrize("source_input", [False, True])
-def test_output_consistency_term_compares_predictions_from_two_sites(source_input):
+@pytest.mark.parametrize("source_input,residual_scale", [(False, 0.0), (True, 0.0), (True, 3.0)])
+def test_output_consistency_term_compares_predictions_from_two_sites(source_input,
+                                                                     residual_scale):
     """Zero when both sources are the same slice, positive otherwise, added to the loss
     with its weight, and its gradient reaches the condition encoder and the denoiser
     (with and without the detail path)."""
     from harmonize_bids.training.data import Batch
     from harmonize_bids.training.loop import TrainConfig, training_losses
 
-    model = tiny_model(source_input=source_input).eval()  # no bottleneck noise: same input, same condition
+    # eval: no bottleneck noise, so the same input gives the same condition
+    model = tiny_model(source_input=source_input, residual_scale=residual_scale).eval()
     g = torch.Generator().manual_seed(1)
     source = torch.rand(2, 3, 16, 16, generator=g)
     target = torch.rand(2, 1, 16, 16, generator=g)
@@ -729,3 +732,57 @@ def test_harmonize_volume_feeds_the_filled_background_and_masks_the_output():
     # same weights (tiny_model seeds them), different input outside the brain: the
     # brain's output changes near its edge
     assert not np.allclose(outs[0][brain], outs[3][brain])
+
+
+# ------------------------------------------------------------------ residual diffusion
+class _ResidualOracle(HarmonizationModel):
+    """A residual model predicting the exact v of a known clean image's residual."""
+
+    clean: torch.Tensor
+
+    def forward(self, x_t, t, site, cond, source=None):
+        ab = torch.as_tensor(self.schedule().alphas_cumprod, dtype=x_t.dtype)[t][:, None, None, None]
+        residual = self.diffused(self.clean, source)
+        eps = (x_t - ab.sqrt() * residual) / (1 - ab).sqrt()
+        return NoiseSchedule.v_target(residual, eps, ab)
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.5])
+def test_a_residual_model_samples_the_image_its_residual_stands_for(strength):
+    model = _ResidualOracle(ModelConfig(sites=("a",), residual_scale=3.0, **TINY))
+    model.clean = torch.rand(2, 1, 16, 16)
+    source = torch.rand(2, 3, 16, 16)
+    out = harmonize_slices(model, source, 0, SamplerSettings(steps=4, strength=strength),
+                           generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out, model.clean, atol=1e-4)
+
+
+def test_a_residual_model_that_predicts_no_change_returns_the_source():
+    """x0-prediction of a zero residual: every step's clean estimate is the centre slice."""
+    model = tiny_model(prediction="x0", residual_scale=2.0, context_slices=1)
+    for p in model.denoiser.parameters():
+        torch.nn.init.zeros_(p)
+    source = torch.rand(3, 3, 16, 16)
+    out = harmonize_slices(model, source, 1, SamplerSettings(steps=3),
+                           generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out, source[:, 1:2], atol=1e-6)
+    # the same weights diffusing the image itself return zeros instead
+    image_model = tiny_model(prediction="x0", context_slices=1)
+    image_model.load_state_dict(model.state_dict())
+    assert float(harmonize_slices(image_model, source, 1, SamplerSettings(steps=3),
+                                  generator=torch.Generator().manual_seed(0)).abs().max()) < 1e-6
+
+
+def test_residual_scale_is_checked_stored_and_defaults_to_the_image():
+    with pytest.raises(ValueError, match="residual_scale"):
+        ModelConfig(sites=("a",), residual_scale=-1.0)
+    config = ModelConfig(sites=("a",), residual_scale=3.0)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    old = ModelConfig(sites=("a",)).to_dict()
+    del old["residual_scale"]  # a model saved before the option (the bundled one)
+    assert ModelConfig.from_dict(old).residual_scale == 0.0
+    model = tiny_model(residual_scale=3.0)
+    image, source = torch.rand(2, 1, 8, 8), torch.rand(2, 3, 8, 8)
+    diffused = model.diffused(image, source)
+    assert torch.allclose(diffused, 3.0 * (image - source[:, 1:2]))
+    assert torch.allclose(model.image(diffused, source), image, atol=1e-6)

@@ -53,6 +53,12 @@ class ModelConfig:
     #: brain) only, so the output does not depend on the background around the brain
     #: (:class:`~harmonize_bids.diffusion.unet.RegionGroupNorm`); needs a zero background
     norm_in_brain: bool = False
+    #: what the chain diffuses: 0, the target image itself (every model before session
+    #: 26); r > 0, ``r * (target - source)`` (the source's centre slice), so a chain that
+    #: changes nothing returns the source: the output's coarse level and anatomy start
+    #: from the source and the network learns only the site change (residual diffusion,
+    #: as SR3-style super-resolution diffuses the residual over an upsampled input)
+    residual_scale: float = 0.0
     #: site -> tissue intensity landmarks of its images (:mod:`harmonize_bids.site_intensity`);
     #: data, not network: the participant level maps each output onto its target's
     site_landmarks: dict = field(default_factory=dict)
@@ -65,6 +71,8 @@ class ModelConfig:
             raise ValueError(f"fill_background must be an integer >= 0, got {self.fill_background}")
         if self.norm_in_brain and self.fill_background:
             raise ValueError("norm_in_brain needs a zero background (fill_background=0)")
+        if not self.residual_scale >= 0:
+            raise ValueError(f"residual_scale must be >= 0, got {self.residual_scale}")
         if self.prediction not in ("eps", "x0", "v"):
             raise ValueError(f"unknown prediction {self.prediction!r}")
         for name in ("sites", "channel_mults", "attention_levels"):
@@ -106,6 +114,28 @@ class ModelConfig:
                            f"{', '.join(self.sites)}") from None
 
 
+def to_diffused(image: torch.Tensor, source: torch.Tensor, residual_scale: float
+                ) -> torch.Tensor:
+    """``image`` itself (``residual_scale == 0``) or ``residual_scale * (image - source)``.
+
+    >>> to_diffused(torch.tensor([0.5]), torch.tensor([0.25]), 2.0).tolist()
+    [0.5]
+    >>> to_diffused(torch.tensor([0.5]), torch.tensor([0.25]), 0.0).tolist()
+    [0.5]
+    """
+    return image if not residual_scale else residual_scale * (image - source)
+
+
+def from_diffused(diffused: torch.Tensor, source: torch.Tensor, residual_scale: float
+                  ) -> torch.Tensor:
+    """Inverse of :func:`to_diffused`: a zero residual gives the source back.
+
+    >>> from_diffused(torch.tensor([0.0]), torch.tensor([0.25]), 2.0).tolist()
+    [0.25]
+    """
+    return diffused if not residual_scale else source + diffused / residual_scale
+
+
 class HarmonizationModel(nn.Module):
     """``forward(x_t, t, site, cond)`` -> prediction (eps, x0 or v) ``[N x 1 x H x W]``."""
 
@@ -142,6 +172,20 @@ class HarmonizationModel(nn.Module):
                ) -> torch.Tensor:
         """Anatomical condition of source slices ``[N x (2k+1) x H x W]``."""
         return self.encoder(source, generator, self.region(source))
+
+    def source_centre(self, source: torch.Tensor) -> torch.Tensor:
+        """The slice being harmonized, ``[N x 1 x H x W]``, of a source stack."""
+        k = self.config.context_slices
+        return source[:, k:k + 1]
+
+    def diffused(self, image: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """What the chain diffuses for a clean ``image`` of the slice ``source`` was
+        stacked around (see ``ModelConfig.residual_scale``)."""
+        return to_diffused(image, self.source_centre(source), self.config.residual_scale)
+
+    def image(self, diffused: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """The clean image a clean ``diffused`` estimate stands for (inverse of :meth:`diffused`)."""
+        return from_diffused(diffused, self.source_centre(source), self.config.residual_scale)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, site: torch.Tensor,
                 cond: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:

@@ -65,13 +65,14 @@ def _chain(model: HarmonizationModel, src: torch.Tensor, cond: torch.Tensor, sit
            generator: torch.Generator | None) -> torch.Tensor:
     """One deterministic (eta = 0) or stochastic DDIM chain; its final clean estimate."""
     config = model.config
-    k = config.context_slices
     n = src.shape[0]
     schedule: NoiseSchedule = model.schedule()
     ab = torch.as_tensor(schedule.alphas_cumprod, dtype=src.dtype, device=src.device)
     timesteps = sampler.timesteps(schedule.num_steps)
+    # a partial start noises the source itself: for a residual model, a zero residual
+    start = model.diffused(model.source_centre(src), src)
     x = noise if sampler.strength >= 1.0 else \
-        NoiseSchedule.q_sample(src[:, k:k + 1], noise, ab[timesteps[0]])
+        NoiseSchedule.q_sample(start, noise, ab[timesteps[0]])
     sites = torch.full((n,), int(site), dtype=torch.long, device=src.device)
     x0 = x
     for i, t in enumerate(timesteps):
@@ -82,4 +83,4 @@ def _chain(model: HarmonizationModel, src: torch.Tensor, cond: torch.Tensor, sit
             x = ddim_step(x0, eps, ab[timesteps[i + 1]], eta=sampler.eta, ab_t=ab[t],
                           noise=None if sampler.eta == 0 else torch.randn(
                               x.shape, generator=generator, dtype=x.dtype).to(x.device))
-    return x0
+    return model.image(x0, src)

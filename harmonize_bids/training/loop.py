@@ -18,6 +18,10 @@ from the source and from the same anatomy at another site (same noisy target,
 timestep and target site): the *output*, not only c, must not depend on the
 source's scanner, which also covers what reaches the denoiser through the
 detail path (``ModelConfig.source_input``).
+
+A residual model (``ModelConfig.residual_scale``) diffuses ``target - source``
+instead of the target: every term above is unchanged in what it asks of the clean
+*image* (:func:`output_consistency` says how the output term follows).
 """
 from __future__ import annotations
 
@@ -122,11 +126,11 @@ def training_losses(model: HarmonizationModel, schedule: NoiseSchedule, batch: B
     ab = torch.as_tensor(schedule.alphas_cumprod, dtype=torch.float32,
                          device=t.device)[t][:, None, None, None]
     cond = model.encode(batch.source, generator)
-    x_t = NoiseSchedule.q_sample(batch.target, noise, ab)
+    clean = model.diffused(batch.target, batch.source)
+    x_t = NoiseSchedule.q_sample(clean, noise, ab)
     out = model(x_t, t, batch.target_site, cond, batch.source)
     pred = model.config.prediction
-    target = {"eps": noise, "x0": batch.target,
-              "v": NoiseSchedule.v_target(batch.target, noise, ab)}[pred]
+    target = {"eps": noise, "x0": clean, "v": NoiseSchedule.v_target(clean, noise, ab)}[pred]
     weight = loss_weight(ab.flatten(), pred, config.max_loss_weight)
     squared = (out.float() - target.float()) ** 2
     if config.edge_weight:
@@ -139,16 +143,16 @@ def training_losses(model: HarmonizationModel, schedule: NoiseSchedule, batch: B
     losses = {"diffusion": (weight * per_sample).mean()}
     if config.distribution_weight:
         x0, _ = NoiseSchedule.x0_eps_from(pred, out.float(), x_t.float(), ab)
-        losses["distribution"] = distribution_loss(x0, batch.target, ab)
+        losses["distribution"] = distribution_loss(model.image(x0, batch.source.float()),
+                                                   batch.target, ab)
     cond_alt = None
     if config.consistency_weight or config.output_consistency_weight:
         cond_alt = model.encode(batch.source_alt, generator)
     if config.consistency_weight:
         losses["consistency"] = F.mse_loss(cond, cond_alt)
     if config.output_consistency_weight:
-        out_alt = model(x_t, t, batch.target_site, cond_alt, batch.source_alt)
-        gap = ((out.float() - out_alt.float()) ** 2).mean(dim=(1, 2, 3))
-        losses["output_consistency"] = (weight * gap).mean()
+        losses["output_consistency"] = output_consistency(
+            model, batch, t, noise, ab, x_t, out, cond_alt, config.max_loss_weight)
     known = batch.source_site >= 0
     if config.adversary_weight and known.any():
         logits = model.site_classifier(cond[known], reverse=1.0)
@@ -160,6 +164,34 @@ def training_losses(model: HarmonizationModel, schedule: NoiseSchedule, batch: B
                       + config.output_consistency_weight
                       * losses.get("output_consistency", 0.0))
     return losses
+
+
+def output_consistency(model: HarmonizationModel, batch: Batch, t: torch.Tensor,
+                       noise: torch.Tensor, ab: torch.Tensor, x_t: torch.Tensor,
+                       out: torch.Tensor, cond_alt: torch.Tensor,
+                       max_loss_weight: float | None) -> torch.Tensor:
+    """Weighted squared gap between the clean images predicted from the source and from
+    the same anatomy at another site (``batch.source_alt``), same target, noise,
+    timestep and target site.
+
+    A model that diffuses the image sees the same noisy target from both and its
+    predictions are compared directly, weighted as the diffusion loss. A residual model
+    (``ModelConfig.residual_scale``) diffuses ``target - source``, which differs with the
+    source: each prediction gets its own noisy input and the two clean *images* are
+    compared, in diffused units, weighted as the diffusion loss weighs the clean error.
+    """
+    pred = model.config.prediction
+    if not model.config.residual_scale:
+        out_alt = model(x_t, t, batch.target_site, cond_alt, batch.source_alt)
+        gap = ((out.float() - out_alt.float()) ** 2).mean(dim=(1, 2, 3))
+        return (loss_weight(ab.flatten(), pred, max_loss_weight) * gap).mean()
+    x_t_alt = NoiseSchedule.q_sample(model.diffused(batch.target, batch.source_alt), noise, ab)
+    out_alt = model(x_t_alt, t, batch.target_site, cond_alt, batch.source_alt)
+    images = [model.image(NoiseSchedule.x0_eps_from(pred, o.float(), x.float(), ab)[0],
+                          s.float())
+              for o, x, s in ((out, x_t, batch.source), (out_alt, x_t_alt, batch.source_alt))]
+    gap = ((model.config.residual_scale * (images[0] - images[1])) ** 2).mean(dim=(1, 2, 3))
+    return (loss_weight(ab.flatten(), "x0", max_loss_weight) * gap).mean()
 
 
 def fast_bf16_on_cpu(cpu_flags: set[str] | None = None) -> bool:
