@@ -11,6 +11,10 @@ agreement with the truth's own 3-class segmentation, the coarse error band and t
 depth x tissue part (``error_bands.py``), and the mean WM/GM error by depth below the
 brain's surface.
 "none" (the source itself) and the target's rescan (the ceiling) are scored alike.
+With ``--keep-subject`` each model is also scored with the subject-kept match
+(``--keep-subject-intensities``; site statistics from every scan of the test set, as
+``quality_vs_peers.py --keep-subject``) as ``MODEL+subject``, and so is the source
+itself (``source+subject``: what the match alone does, with the first model's landmarks).
 
     python benchmarks/compare_models.py --out-dir /tmp/hb_q17 --target siemens3tmprage \\
         --sources philips3ttfe ge15tspgr --n-anatomies 3 \\
@@ -128,6 +132,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", required=True, help="bundled and/or NAME=PATH")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--keep-subject", action="store_true",
+                        help="also score the subject-kept match (MODEL+subject rows)")
     parser.add_argument("--save-dir", type=Path, default=None,
                         help="also keep each output as SAVE_DIR/MODEL/ANATOMY_from-SOURCE.nii.gz "
                              "(RAS, the truth's grid) for further analysis")
@@ -139,11 +145,20 @@ def main() -> None:
     from harmonize_bids.diffusion.checkpoint import bundled_model, load_model
     from harmonize_bids.diffusion.schedule import SamplerSettings
     from harmonize_bids.diffusion.volume import harmonize_volume
-    from harmonize_bids.site_intensity import match_landmarks, target_landmarks
+    from harmonize_bids.site_intensity import (
+        SCHEMES,
+        match_landmarks,
+        scan_target_landmarks,
+        target_landmarks,
+        tissue_landmarks,
+    )
+    from quality_vs_peers import dataset_statistics
 
     torch.set_num_threads(args.threads)
     models = parse_models(args.models)
     vols, masks, by, anatomies = read_test_set(args.out_dir, args.n_anatomies)
+    statistics = dataset_statistics([img for a in by for img in by[a].values()], vols, masks,
+                                    "vigintiles") if args.keep_subject else None
 
     # the truth of each anatomy at the target, read and segmented once
     refs = {}
@@ -173,9 +188,21 @@ def main() -> None:
             truth, labels, classes, affine = refs[a]
             mask = masks[a]
             for src in args.sources:
-                out = harmonize_volume(model, vols[a][src], mask, site,
+                raw = harmonize_volume(model, vols[a][src], mask, site,
                                        SamplerSettings(steps=5, samples=2), seed=0)
-                out = match_landmarks(out, mask, landmarks)
+                if statistics is not None:
+                    kept, why, _ = scan_target_landmarks(landmarks, statistics, src,
+                                                         tissue_landmarks(vols[a][src], mask,
+                                                                          SCHEMES["vigintiles"]))
+                    if why:
+                        raise SystemExit(f"{a} from {src}: no subject-kept match: {why}")
+                    rows[(f"{name}+subject", src)].append(
+                        score(match_landmarks(raw, mask, kept), truth, mask, labels, classes))
+                    if name == next(iter(models)):  # what changing nothing but this gives
+                        rows[("source+subject", src)].append(score(
+                            match_landmarks(vols[a][src], mask, kept), truth, mask, labels,
+                            classes))
+                out = match_landmarks(raw, mask, landmarks)
                 if args.save_dir:
                     dest = args.save_dir / name / f"{a}_from-{src}.nii.gz"
                     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,12 @@ about K (``numpy.array_split``), each group a dataset of its own whose statistic
 from its scans only, and every scan keeps its subject part however few its site has
 (the app's ``MIN_SITE_IMAGES`` is bypassed, to measure what it should be).
 
+``--target-reference dataset`` places each scan within the target site's own scans
+(``site_intensity.dataset_reference``, ComBat's reference batch; what the app does when
+the dataset holds the target site) instead of the model's landmarks and the pooled
+spread.  Here the target site's scans are the truths, so each scan's reference leaves
+its own anatomy out: the other anatomies' truths (of its group) at the target site.
+
     python benchmarks/landmark_site_means.py --out-dir /tmp/hb_q22 --target siemens3tmprage \\
         --results benchmarks/results/landmark_site_means.md
 """
@@ -57,6 +63,9 @@ def main() -> None:
     parser.add_argument("--deviation", choices=["zscore", "ratio"], default="zscore")
     parser.add_argument("--scans-per-site", type=int, default=None, metavar="K",
                         help="statistics from groups of about K anatomies (default: all)")
+    parser.add_argument("--target-reference", choices=["model", "dataset"], default="model",
+                        help="the target site's landmarks: the model's, or the dataset's "
+                             "own scans of it (leaving the scan's anatomy out)")
     parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
     parser.add_argument("--results", type=Path, default=None, help="append the table here")
     args = parser.parse_args()
@@ -85,8 +94,21 @@ def main() -> None:
     stats = [site_statistics(b) for b in by_site]
     fewest = min(len(g) for g in groups) if args.scans_per_site else MIN_SITE_IMAGES
     kept = set(stats[0]) if args.sites is None else set(args.sites) & set(stats[0])
+    truth_own = {truth.anatomy: tissue_landmarks(load(truth.t1w), load(truth.brain_mask) > 0,
+                                                 SCHEMES[args.scheme]) for _, _, truth in pairs}
+
+    def statistics_for(anatomy: str) -> dict:
+        """The scan's group's statistics; with ``--target-reference dataset`` the target
+        site's from the other anatomies of the group (its own truth left out)."""
+        group = stats[group_of[anatomy]]
+        if args.target_reference == "model":
+            return group
+        others = [truth_own[b] for b in groups[group_of[anatomy]] if b != anatomy]
+        return {**group, **site_statistics({args.target: others})}
+
     size = f"-k{args.scans_per_site}" if args.scans_per_site else ""
-    dest = args.out_dir / (f"{args.method}_{args.scheme}+dataset-{args.deviation}{size}_"
+    ref = "-ref" if args.target_reference == "dataset" else ""
+    dest = args.out_dir / (f"{args.method}_{args.scheme}+dataset-{args.deviation}{size}{ref}_"
                            f"{args.target}")
     if dest.exists():
         shutil.rmtree(dest)
@@ -98,17 +120,23 @@ def main() -> None:
             landmarks = subject_landmarks(target, stats[group_of[img.anatomy]][img.site].mean,
                                           own[img.participant])
         else:
-            landmarks, why = scan_target_landmarks(target, stats[group_of[img.anatomy]],
-                                                   img.site, own[img.participant], fewest)
-            if why:
-                print(f"{img.participant}: plain match ({why})")
+            choice = scan_target_landmarks(target, statistics_for(img.anatomy), img.site,
+                                           own[img.participant], fewest,
+                                           target_site=args.target)
+            landmarks = choice.landmarks
+            if choice.why_not_kept:
+                print(f"{img.participant}: plain match ({choice.why_not_kept})")
+            elif choice.reference != args.target_reference:
+                raise SystemExit(f"{img.participant}: matched onto the {choice.reference}'s "
+                                 "landmarks")
         image = nb.load(path)
         matched = match_landmarks(load(path), load(truth.brain_mask) > 0, landmarks)
         nb.Nifti1Image(matched, image.affine, image.header).to_filename(
             dest / path.relative_to(source_dir))
     res = evaluate(args.out_dir / "test_n4", dest)
     lines = [f"### `{dest.name}`: subject kept for {sorted(kept)}; statistics from groups "
-             f"of {[len(g) for g in groups]} anatomies", "",
+             f"of {[len(g) for g in groups]} anatomies; target site's landmarks from the "
+             f"{args.target_reference}", "",
              f"`python benchmarks/landmark_site_means.py {' '.join(sys.argv[1:])}`; "
              f"{datetime.date.today()}, {time.monotonic() - t0:.0f} s; "
              f"model `{Path(model_file).name}`, {len(pairs)} outputs", "",

@@ -138,7 +138,8 @@ def matched(image, mask, model, site: str, scheme: str | None, source=None,
     landmarks = target_landmarks(model.config, site, scheme)
     if keep and source is not None:
         own = tissue_landmarks(source, mask, SCHEMES[scheme])
-        landmarks, _why = scan_target_landmarks(landmarks, statistics, source_site, own)
+        # the model's target landmarks: the test set's target-site scans are the truths
+        landmarks = scan_target_landmarks(landmarks, statistics, source_site, own).landmarks
     return match_landmarks(image, mask, landmarks)
 
 

@@ -158,7 +158,8 @@ def write_report(output_dir: Path, subject: str, records: list, template_brain: 
             side = _sidecar(harm)
             keys = ("Site", "TargetSite", "HarmonizationApplied", "HarmonizationNote", "Steps",
                     "Strength", "StopAt", "Samples", "SliceLevelsEqualized",
-                    "TissueIntensitiesMatched", "TissueIntensityLandmarks", "RandomSeed",
+                    "TissueIntensitiesMatched", "TissueIntensityLandmarks",
+                    "TissueIntensitiesSubjectKept", "TissueIntensityReference", "RandomSeed",
                     "Device", "ModelSHA256")
             rows = "".join(f"<tr><td>{k}</td><td>{html.escape(str(side[k]))}</td></tr>"
                            for k in keys if k in side)

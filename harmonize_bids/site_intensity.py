@@ -40,7 +40,7 @@ where the scan stands among its own site's scans instead, from a dataset's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -341,31 +341,80 @@ def standardized_landmarks(target_site: Sequence[float], source_site: SiteLandma
     return check_landmarks(target * (1 + np.clip(z, -max_z, max_z) * spread))
 
 
+class MatchTarget(NamedTuple):
+    """What one harmonized scan is matched onto, and why (:func:`scan_target_landmarks`)."""
+
+    landmarks: np.ndarray
+    #: None when the subject part was kept; else why the plain match was used
+    why_not_kept: str | None
+    #: whose landmarks stand for the target site: ``"model"`` (the model's stored ones,
+    #: from its training images) or ``"dataset"`` (the dataset's own scans of that site)
+    reference: str
+
+
+def dataset_reference(target: np.ndarray, statistics: Mapping[str, SiteLandmarks],
+                      target_site: str | None, min_images: int = MIN_SITE_IMAGES
+                      ) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(landmarks, relative spread)`` of the target site from the dataset's own scans
+    of it (ComBat's *reference batch*), or None when it has fewer than ``min_images``.
+
+    The mean is in white-matter units; it is put on the scale of the model's ``target``
+    landmarks (same white-matter median), so outputs keep the model's intensity scale.
+
+    >>> stats = {"t": SiteLandmarks(3, np.array([0.2, 0.4, 0.8, 1.0, 1.1]), np.full(5, 0.01))}
+    >>> ref, spread = dataset_reference(np.array([0.1, 0.2, 0.3, 0.5, 0.6]), stats, "t")
+    >>> ref.round(3).tolist(), spread.round(4).tolist()
+    ([0.1, 0.2, 0.4, 0.5, 0.55], [0.05, 0.025, 0.0125, 0.01, 0.0091])
+    >>> dataset_reference(np.array([0.1, 0.2, 0.3, 0.5, 0.6]), stats, "t", min_images=4) is None
+    True
+    """
+    site = statistics.get(target_site) if target_site else None
+    if site is None or site.images < min_images:
+        return None
+    target = check_landmarks(target)
+    wm = target[wm_median_index(per_tissue_of(target))]
+    return check_landmarks(site.mean * wm), np.asarray(site.sd / site.mean, dtype=np.float64)
+
+
 def scan_target_landmarks(target: np.ndarray, statistics: Mapping[str, SiteLandmarks] | None,
                           source_site: str | None, source_own: Sequence[float] | None,
-                          min_images: int = MIN_SITE_IMAGES) -> tuple[np.ndarray, str | None]:
-    """What to match one harmonized scan onto: ``(landmarks, why not subject-kept)``.
+                          min_images: int = MIN_SITE_IMAGES, target_site: str | None = None,
+                          ) -> MatchTarget:
+    """What to match one harmonized scan onto (:class:`MatchTarget`).
 
     :func:`standardized_landmarks` when the dataset's ``statistics`` hold the scan's
     ``source_site`` with at least ``min_images`` scans; else the target site's own
-    ``target`` landmarks and the reason (``None`` when the subject part was kept).
+    ``target`` landmarks and the reason.  When the statistics also hold ``target_site``
+    with at least ``min_images`` scans, the scan is placed within *their* mean and
+    spread (:func:`dataset_reference`) rather than the model's ``target`` landmarks and
+    the spread pooled over sites: the harmonized scans and the dataset's own scans of the
+    target site then share their landmark statistics.
     """
+    def plain(why: str) -> MatchTarget:
+        return MatchTarget(target, why, "model")
+
     if statistics is None:
-        return target, "no site statistics"
+        return plain("no site statistics")
     if not source_site:
-        return target, "the source site is not known"
+        return plain("the source site is not known")
     if source_own is None:
-        return target, "the scan's own tissue landmarks could not be measured"
+        return plain("the scan's own tissue landmarks could not be measured")
     site = statistics.get(source_site)
     if site is None or site.images < min_images:
         have = 0 if site is None else site.images
-        return target, (f"the dataset has {have} scan(s) of '{source_site}', fewer than "
-                        f"{min_images}")
+        return plain(f"the dataset has {have} scan(s) of '{source_site}', fewer than "
+                     f"{min_images}")
     try:
-        return standardized_landmarks(target, site, pooled_spread(statistics, min_images),
-                                      source_own), None
+        reference = dataset_reference(target, statistics, target_site, min_images)
+        if reference is not None:
+            own_target, own_spread = reference
+            return MatchTarget(standardized_landmarks(own_target, site, own_spread,
+                                                      source_own), None, "dataset")
+        return MatchTarget(standardized_landmarks(target, site,
+                                                  pooled_spread(statistics, min_images),
+                                                  source_own), None, "model")
     except ValueError as err:
-        return target, str(err)
+        return plain(str(err))
 
 
 def finest_scheme(config, target_site: str) -> str:

@@ -417,16 +417,41 @@ def test_scan_target_landmarks_says_why_it_falls_back_to_the_plain_match():
     mean = np.array([0.2, 0.4, 0.7, 1.0, 1.2])
     stats = {"a": si.SiteLandmarks(6, mean, np.full(5, 0.02)),
              "few": si.SiteLandmarks(2, mean, np.full(5, 0.02))}
-    kept, why = si.scan_target_landmarks(target, stats, "a", own)
-    assert why is None and kept[2] > target[2]
+    kept, why, reference = si.scan_target_landmarks(target, stats, "a", own)
+    assert why is None and kept[2] > target[2] and reference == "model"
     for args, reason in [((None, "a", own), "no site statistics"),
                          ((stats, None, own), "not known"),
                          ((stats, "a", None), "could not be measured"),
                          ((stats, "elsewhere", own), "0 scan(s) of 'elsewhere'"),
                          ((stats, "few", own), "2 scan(s) of 'few', fewer than 3")]:
-        out, why = si.scan_target_landmarks(target, *args)
+        out, why, reference = si.scan_target_landmarks(target, *args)
         np.testing.assert_array_equal(out, target)
-        assert reason in why
+        assert reason in why and reference == "model"
+
+
+def test_the_dataset_own_target_site_scans_are_the_reference_when_there_are_enough():
+    """ComBat's reference batch: a scan on its site's mean lands on the mean of the
+    dataset's target-site scans (on the model's white-matter scale), a scan above it by
+    its z-score times the *target site's* spread; with too few target-site scans the
+    model's landmarks and the pooled spread stay."""
+    target = np.array([0.1, 0.3, 0.6, 0.8, 1.0])          # the model's, WM median 0.8
+    mean_a = np.array([0.2, 0.4, 0.7, 1.0, 1.2])
+    mean_t = np.array([0.25, 0.45, 0.65, 1.0, 1.3])       # the dataset's, WM units
+    stats = {"a": si.SiteLandmarks(6, mean_a, np.full(5, 0.02)),
+             "t": si.SiteLandmarks(4, mean_t, mean_t * 0.1),
+             "few": si.SiteLandmarks(2, mean_t, mean_t * 0.1)}
+    on_mean, why, reference = si.scan_target_landmarks(target, stats, "a", mean_a,
+                                                       target_site="t")
+    assert why is None and reference == "dataset"
+    np.testing.assert_allclose(on_mean, mean_t * 0.8)
+    above = mean_a + np.array([0, 0, 0.02, 0, 0])          # GM one sd above its site's mean
+    moved, _, _ = si.scan_target_landmarks(target, stats, "a", above, target_site="t")
+    assert moved[2] == pytest.approx(0.65 * 0.8 * (1 + 0.1))
+    for site in ("few", "elsewhere", None):
+        out, why, reference = si.scan_target_landmarks(target, stats, "a", mean_a,
+                                                       target_site=site)
+        assert why is None and reference == "model"
+        np.testing.assert_allclose(out, target)
 
 
 def test_harmonize_step_keeps_the_subject_part_with_the_dataset_site_landmarks(
@@ -476,6 +501,18 @@ def test_harmonize_step_keeps_the_subject_part_with_the_dataset_site_landmarks(
     spread = si.pooled_spread(stats, si.MIN_SITE_IMAGES)[1 + 3 + 1]
     assert np.median(kept[gm]) - np.median(plain[gm]) > 0.01
     assert np.median(kept[gm]) <= np.median(plain[gm]) * (1 + 3 * spread) + 0.005
+    assert meta["TissueIntensityReference"] == "model"
+    # with enough scans of the target site b in the dataset, they are the reference:
+    # their grey matter sits at 0.45 / 0.9 of white matter, the model's at 0.55 / 0.9
+    site_b = [si.tissue_landmarks(*three_tissue_brain(means=(0.3, gm, 0.9), noise=0.05,
+                                                      seed=k), per_tissue=3)
+              for k, gm in enumerate(np.linspace(0.445, 0.455, 4))]
+    write_site_landmarks(tmp_path / "with_b.json",
+                         si.site_statistics({"a": site_a, "b": site_b}), voxel_mm=4.0)
+    meta, onto_b = run("onto_b.nii.gz", source_site="a", site_landmarks=tmp_path / "with_b.json")
+    assert meta["TissueIntensitiesSubjectKept"] and meta["TissueIntensityReference"] == "dataset"
+    assert 0.45 < np.median(onto_b[gm]) < 0.5 < np.median(kept[gm])
+    assert any("dataset's own scans of 'b'" in m for m in logged)
     meta, few = run("few.nii.gz", source_site="c", site_landmarks=tmp_path / "sites.json")
     assert meta["TissueIntensitiesSubjectKept"] is False
     np.testing.assert_allclose(few, plain)

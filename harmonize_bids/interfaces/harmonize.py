@@ -12,7 +12,9 @@ target site's
 dataset's ``site_landmarks`` (:mod:`harmonize_bids.dataset_landmarks`) and the scan's
 source site, onto the target site's landmarks moved by where this scan stands among
 its site's scans (:func:`~harmonize_bids.site_intensity.scan_target_landmarks`), so the
-match removes the scanner's part of the intensities and keeps the subject's.
+match removes the scanner's part of the intensities and keeps the subject's; when the
+dataset holds enough scans of the target site itself, their landmark mean and spread
+stand for it (ComBat's reference batch; sidecar ``TissueIntensityReference``).
 
 A brain already at the target site is the reference the others are brought to:
 :func:`keep_std_image` writes it unchanged (as ComBat leaves its reference batch),
@@ -117,16 +119,20 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
     harmonized = harmonize_volume(model, low, low_mask, site, sampler, seed=seed, device=device,
                                   max_batch=batch, level=level_slices, progress=progress)
     matched = subject_kept = False
+    reference = "model"
     if statistics is not None:
         try:
             own = tissue_landmarks(low, low_mask, per_tissue_of(landmarks))
         except ValueError:
             own = None
-        landmarks, why = scan_target_landmarks(landmarks, statistics, source_site, own)
+        landmarks, why, reference = scan_target_landmarks(landmarks, statistics, source_site,
+                                                          own, target_site=target_site)
         subject_kept = why is None
         if why:
             log(f"tissue intensities matched to the mean of '{target_site}', not kept per "
                 f"subject ({why})")
+        elif reference == "dataset":
+            log(f"tissue intensities placed among the dataset's own scans of '{target_site}'")
     if landmarks is not None:
         try:
             harmonized = match_landmarks(harmonized, low_mask, landmarks)
@@ -144,7 +150,8 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
         "SliceLevelsEqualized": bool(level_slices),
         "TissueIntensitiesMatched": matched,
         **({"TissueIntensityLandmarks": match_intensities,
-            "TissueIntensitiesSubjectKept": subject_kept} if matched else {}),
+            "TissueIntensitiesSubjectKept": subject_kept,
+            "TissueIntensityReference": reference} if matched else {}),
         "RandomSeed": int(seed),
         "Device": device,
         "ModelVoxelSize": model.config.voxel_mm,
