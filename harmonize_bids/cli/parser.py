@@ -150,7 +150,10 @@ def _build_parser() -> argparse.ArgumentParser:
                             "'Decisions of session 25'). Needs the dataset's site landmarks: "
                             "run the participant level without --target-site, then 'group "
                             f"--landmarks-only', then this. Sites with fewer than "
-                            f"{MIN_SITE_IMAGES} scans get the plain match")
+                            f"{MIN_SITE_IMAGES} scans get the plain match; with "
+                            f"{MIN_SITE_IMAGES} or more scans of the target site itself, "
+                            "their landmarks are the reference instead of the model's "
+                            "(ComBat's reference batch)")
     model.add_argument("--site-landmarks", type=Path, metavar="FILE", default=None,
                        help="the site landmarks file --keep-subject-intensities reads "
                             "(default: OUTPUT_DIR/site_landmarks.json, written by 'group "
