@@ -13,6 +13,11 @@ reference leaves its own anatomy out (the other anatomies' truths).  Writes
 pair, site predictability, and how often its outputs are told from the target site's
 own scans (``target_site_likeness.py``).
 
+``--disjoint-sites`` emulates sites that scanned *different* people: the anatomies are
+split in two halves by label map (a label map and its deformed variant stay together);
+a scan's source-site statistics come from its own half only and its reference from the
+target site's scans of the other half, so no subject is on both sides.
+
     python benchmarks/brain_quantile_match.py --out-dir /tmp/hb_q22 --target ge15tspgr \\
         --results benchmarks/results/brain_quantile_match.md
 """
@@ -34,6 +39,18 @@ from site_confusion import load, sent_pairs  # noqa: E402
 from target_site_likeness import method_row  # noqa: E402
 
 
+def halves(anatomies: list[str]) -> dict[str, int]:
+    """Anatomy -> 0 or 1: the label maps (name before ``-v``) split in two halves in
+    sorted order, each with its deformed variants.
+
+    >>> halves(["s13", "s13-v4", "s14", "s15", "s15-v6", "s16"])
+    {'s13': 0, 's13-v4': 0, 's14': 0, 's15': 1, 's15-v6': 1, 's16': 1}
+    """
+    bases = sorted({a.split("-v")[0] for a in anatomies})
+    first = set(bases[:len(bases) // 2])
+    return {a: 0 if a.split("-v")[0] in first else 1 for a in anatomies}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", type=Path, required=True,
@@ -41,6 +58,9 @@ def main() -> None:
     parser.add_argument("--target", required=True)
     parser.add_argument("--method", default="ours_s5_stop0_n2",
                         help="the as-sampled outputs' folder name without the _TARGET suffix")
+    parser.add_argument("--disjoint-sites", action="store_true",
+                        help="source statistics and reference from disjoint halves of the "
+                             "anatomies (different people at the two sites)")
     parser.add_argument("--results", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
 
@@ -51,20 +71,26 @@ def main() -> None:
 
     t0 = time.monotonic()
     pairs = sent_pairs(args.out_dir, args.method, args.target)
+    half = halves(sorted({truth.anatomy for _, _, truth in pairs})) if args.disjoint_sites \
+        else {}
     source_q, truth_q, by_site = {}, {}, {}
     for img, _, truth in pairs:
         mask = load(truth.brain_mask) > 0
         source_q[img.participant] = brain_quantiles(load(img.t1w), mask)
         truth_q[truth.anatomy] = brain_quantiles(load(truth.t1w), mask)
-        by_site.setdefault(img.site, []).append(source_q[img.participant])
-    sites = {site: quantile_statistics(rows) for site, rows in by_site.items()}
-    name = f"{args.method}_brainq-ref"
+        by_site.setdefault((img.site, half.get(img.anatomy)), []).append(
+            source_q[img.participant])
+    sites = {key: quantile_statistics(rows) for key, rows in by_site.items()}
+    name = f"{args.method}_brainq-ref{'-disjoint' if args.disjoint_sites else ''}"
     dest = args.out_dir / f"{name}_{args.target}"
     if dest.exists():
         shutil.rmtree(dest)
     for img, path, truth in pairs:
-        reference = quantile_statistics([q for a, q in truth_q.items() if a != truth.anatomy])
-        goal = standardized_quantiles(reference, sites[img.site], source_q[img.participant])
+        reference = quantile_statistics([
+            q for a, q in truth_q.items() if a != truth.anatomy
+            and (not half or half[a] != half[truth.anatomy])])
+        goal = standardized_quantiles(reference, sites[(img.site, half.get(img.anatomy))],
+                                      source_q[img.participant])
         image = nb.load(path)
         matched = match_brain_quantiles(load(path), load(truth.brain_mask) > 0, goal)
         out = derivative_path(dest, {"subject": img.participant}, "harmonized")

@@ -32,6 +32,11 @@ the dataset holds the target site) instead of the model's landmarks and the pool
 spread.  Here the target site's scans are the truths, so each scan's reference leaves
 its own anatomy out: the other anatomies' truths (of its group) at the target site.
 
+``--disjoint-sites`` emulates sites that scanned different people
+(``brain_quantile_match.halves``): each scan's source-site statistics come from its
+half of the anatomies, its target-site reference (with ``--target-reference dataset``)
+from the other half.
+
     python benchmarks/landmark_site_means.py --out-dir /tmp/hb_q22 --target siemens3tmprage \\
         --results benchmarks/results/landmark_site_means.md
 """
@@ -49,6 +54,7 @@ import nibabel as nb
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from brain_quantile_match import halves  # noqa: E402
 from site_confusion import load, sent_pairs  # noqa: E402
 
 
@@ -66,6 +72,9 @@ def main() -> None:
     parser.add_argument("--target-reference", choices=["model", "dataset"], default="model",
                         help="the target site's landmarks: the model's, or the dataset's "
                              "own scans of it (leaving the scan's anatomy out)")
+    parser.add_argument("--disjoint-sites", action="store_true",
+                        help="statistics from the scan's half of the anatomies, the target "
+                             "reference from the other half (different people per site)")
     parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
     parser.add_argument("--results", type=Path, default=None, help="append the table here")
     args = parser.parse_args()
@@ -85,8 +94,14 @@ def main() -> None:
     own = {img.participant: tissue_landmarks(load(img.t1w), load(img.brain_mask) > 0,
                                              SCHEMES[args.scheme]) for img, _, _ in pairs}
     anatomies = sorted({img.anatomy for img, _, _ in pairs})
-    groups = np.array_split(anatomies, math.ceil(len(anatomies) / (args.scans_per_site
-                                                                    or len(anatomies))))
+    if args.disjoint_sites:
+        if args.scans_per_site:
+            raise SystemExit("--disjoint-sites and --scans-per-site do not combine")
+        half = halves(anatomies)
+        groups = [[a for a in anatomies if half[a] == h] for h in (0, 1)]
+    else:
+        groups = np.array_split(anatomies, math.ceil(len(anatomies) / (args.scans_per_site
+                                                                        or len(anatomies))))
     group_of = {a: g for g, members in enumerate(groups) for a in members}
     by_site: list[dict[str, list]] = [{} for _ in groups]
     for img, _, _ in pairs:
@@ -103,11 +118,13 @@ def main() -> None:
         group = stats[group_of[anatomy]]
         if args.target_reference == "model":
             return group
-        others = [truth_own[b] for b in groups[group_of[anatomy]] if b != anatomy]
+        reference_group = 1 - group_of[anatomy] if args.disjoint_sites else group_of[anatomy]
+        others = [truth_own[b] for b in groups[reference_group] if b != anatomy]
         return {**group, **site_statistics({args.target: others})}
 
     size = f"-k{args.scans_per_site}" if args.scans_per_site else ""
-    ref = "-ref" if args.target_reference == "dataset" else ""
+    ref = ("-ref" if args.target_reference == "dataset" else "") \
+        + ("-disjoint" if args.disjoint_sites else "")
     dest = args.out_dir / (f"{args.method}_{args.scheme}+dataset-{args.deviation}{size}{ref}_"
                            f"{args.target}")
     if dest.exists():
