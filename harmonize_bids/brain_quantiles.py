@@ -12,8 +12,11 @@ A scan's quantiles are placed within its own site's scans (a z-score per quantil
 moved to the same place among the *reference* site's scans — the dataset's own scans of
 the target site (ComBat's reference batch) — so every site's outputs share the
 reference's quantile mean and spread while each brain keeps its place (its tissue mix)
-among its site's brains.  Measured in session 26 on the bundled model's outputs; not
-yet wired into the app (``docs/next-steps.md``).
+among its site's brains.  Measured in session 26 on the bundled model's outputs
+(``benchmarks/brain_quantile_match.py``): the best scores on traveling subjects, but
+with different people at source and target it loses that gain, since whole-brain
+quantiles carry the tissue mix (anatomy) too; so the app keeps the tissue landmarks and
+this stays a benchmark and a peer (``docs/model.md``, "Decisions of session 26").
 """
 from __future__ import annotations
 
