@@ -65,7 +65,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from harmonize_bids.brain_quantiles import (brain_quantiles, match_brain_quantiles,
-                                                quantile_statistics, standardized_quantiles)
+                                                standardized_quantiles)
+    from harmonize_bids.site_intensity import scan_statistics
     from harmonize_bids.derivatives import derivative_path, sidecar_path
     from harmonize_bids.evaluation import evaluate
 
@@ -80,13 +81,13 @@ def main() -> None:
         truth_q[truth.anatomy] = brain_quantiles(load(truth.t1w), mask)
         by_site.setdefault((img.site, half.get(img.anatomy)), []).append(
             source_q[img.participant])
-    sites = {key: quantile_statistics(rows) for key, rows in by_site.items()}
+    sites = {key: scan_statistics(rows) for key, rows in by_site.items()}
     name = f"{args.method}_brainq-ref{'-disjoint' if args.disjoint_sites else ''}"
     dest = args.out_dir / f"{name}_{args.target}"
     if dest.exists():
         shutil.rmtree(dest)
     for img, path, truth in pairs:
-        reference = quantile_statistics([
+        reference = scan_statistics([
             q for a, q in truth_q.items() if a != truth.anatomy
             and (not half or half[a] != half[truth.anatomy])])
         goal = standardized_quantiles(reference, sites[(img.site, half.get(img.anatomy))],

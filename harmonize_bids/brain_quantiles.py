@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from harmonize_bids.site_intensity import SiteLandmarks, piecewise_linear
+from harmonize_bids.site_intensity import SiteLandmarks, piecewise_linear, within_site_z
 
 #: the percentiles that describe a brain's histogram
 PERCENTILES = np.linspace(0.5, 99.5, 100)
@@ -47,20 +47,6 @@ def brain_quantiles(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.percentile(values, PERCENTILES) / top
 
 
-def quantile_statistics(rows: Sequence[Sequence[float]]) -> SiteLandmarks:
-    """Mean and standard deviation (ddof 1; 0 for one scan) of a site's brain quantiles.
-
-    >>> s = quantile_statistics([[0.1, 1.0], [0.3, 1.0]])
-    >>> s.images, s.mean.tolist(), s.sd.round(4).tolist()
-    (2, [0.2, 1.0], [0.1414, 0.0])
-    """
-    arr = np.asarray(rows, dtype=np.float64)
-    if arr.ndim != 2 or len(arr) == 0:
-        raise ValueError("need one row of quantiles per scan")
-    sd = arr.std(axis=0, ddof=1) if len(arr) > 1 else np.zeros(arr.shape[1])
-    return SiteLandmarks(len(arr), arr.mean(axis=0), sd)
-
-
 def standardized_quantiles(reference: SiteLandmarks, source_site: SiteLandmarks,
                            source_own: Sequence[float], max_z: float = 3.0) -> np.ndarray:
     """The reference site's quantiles moved by where one scan stands within its own site:
@@ -78,9 +64,8 @@ def standardized_quantiles(reference: SiteLandmarks, source_site: SiteLandmarks,
     if not len(own) == len(reference.mean) == len(source_site.mean):
         raise ValueError(f"quantile vectors of different lengths: {len(own)}, "
                          f"{len(reference.mean)}, {len(source_site.mean)}")
-    sd = np.asarray(source_site.sd, dtype=np.float64)
-    z = np.divide(own - source_site.mean, sd, out=np.zeros_like(own), where=sd > 0)
-    return np.maximum.accumulate(reference.mean + np.clip(z, -max_z, max_z) * reference.sd)
+    z = within_site_z(own, source_site, max_z)
+    return np.maximum.accumulate(reference.mean + z * reference.sd)
 
 
 def match_brain_quantiles(image: np.ndarray, mask: np.ndarray, target: Sequence[float]

@@ -290,12 +290,37 @@ def site_statistics(landmarks_by_site: Mapping[str, Iterable[Sequence[float]]]
     """
     out = {}
     for site, rows in landmarks_by_site.items():
-        units = np.array([in_wm_units(r) for r in rows])
-        if len(units) == 0:
-            continue
-        sd = units.std(axis=0, ddof=1) if len(units) > 1 else np.zeros(units.shape[1])
-        out[site] = SiteLandmarks(len(units), units.mean(axis=0), sd)
+        units = [in_wm_units(r) for r in rows]
+        if units:
+            out[site] = scan_statistics(units)
     return out
+
+
+def scan_statistics(rows: Sequence[Sequence[float]]) -> SiteLandmarks:
+    """Mean and standard deviation (ddof 1; 0 for one scan) of one vector per scan.
+
+    >>> s = scan_statistics([[0.1, 1.0], [0.3, 1.0]])
+    >>> s.images, s.mean.tolist(), s.sd.round(4).tolist()
+    (2, [0.2, 1.0], [0.1414, 0.0])
+    """
+    arr = np.asarray(rows, dtype=np.float64)
+    if arr.ndim != 2 or len(arr) == 0:
+        raise ValueError("need one row of values per scan")
+    sd = arr.std(axis=0, ddof=1) if len(arr) > 1 else np.zeros(arr.shape[1])
+    return SiteLandmarks(len(arr), arr.mean(axis=0), sd)
+
+
+def within_site_z(own: np.ndarray, site: SiteLandmarks, max_z: float) -> np.ndarray:
+    """Each value's z-score among its site's scans, clipped to ``max_z``; 0 where the
+    site has no spread.
+
+    >>> within_site_z(np.array([0.3, 0.5]), SiteLandmarks(4, np.array([0.2, 0.5]),
+    ...                                                   np.array([0.02, 0.0])), 3.0).tolist()
+    [3.0, 0.0]
+    """
+    sd = np.asarray(site.sd, dtype=np.float64)
+    z = np.divide(own - site.mean, sd, out=np.zeros_like(own, dtype=np.float64), where=sd > 0)
+    return np.clip(z, -max_z, max_z)
 
 
 def pooled_spread(statistics: Mapping[str, SiteLandmarks], min_images: int) -> np.ndarray:
@@ -336,9 +361,7 @@ def standardized_landmarks(target_site: Sequence[float], source_site: SiteLandma
     if not len(target) == len(own) == len(source_site.mean) == len(spread):
         raise ValueError(f"landmark vectors of different schemes: {len(target)}, "
                          f"{len(source_site.mean)}, {len(own)}, {len(spread)} values")
-    sd = np.asarray(source_site.sd, dtype=np.float64)
-    z = np.divide(own - source_site.mean, sd, out=np.zeros_like(own), where=sd > 0)
-    return check_landmarks(target * (1 + np.clip(z, -max_z, max_z) * spread))
+    return check_landmarks(target * (1 + within_site_z(own, source_site, max_z) * spread))
 
 
 class MatchTarget(NamedTuple):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from harmonize_bids import brain_quantiles as bq
+from harmonize_bids.site_intensity import scan_statistics
 
 
 def _brain(gm_share: float, contrast: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -34,12 +35,12 @@ def test_every_site_lands_on_the_reference_and_each_brain_keeps_its_place():
     match both sites' outputs share the reference's mean quantiles, and a brain with
     more grey matter than its site's mean stays darker than one with less."""
     shares = [0.2, 0.3, 0.4, 0.5, 0.6]
-    reference = bq.quantile_statistics(
+    reference = scan_statistics(
         [bq.brain_quantiles(*_brain(s, 0.7, 100 + k)) for k, s in enumerate(shares)])
     outputs = {}
     for site, contrast in (("a", 0.5), ("b", 0.85)):
         scans = [_brain(s, contrast, 10 * ord(site) + k) for k, s in enumerate(shares)]
-        stats = bq.quantile_statistics([bq.brain_quantiles(*scan) for scan in scans])
+        stats = scan_statistics([bq.brain_quantiles(*scan) for scan in scans])
         outputs[site] = [bq.match_brain_quantiles(
             image, mask, bq.standardized_quantiles(reference, stats,
                                                    bq.brain_quantiles(image, mask)))
@@ -57,8 +58,8 @@ def test_bad_input_is_refused():
         bq.brain_quantiles(np.ones((2, 2)), np.zeros((2, 2), bool))
     with pytest.raises(ValueError, match="99th percentile"):
         bq.brain_quantiles(np.zeros((2, 2)), np.ones((2, 2), bool))
-    with pytest.raises(ValueError, match="one row"):
-        bq.quantile_statistics([])
-    site = bq.quantile_statistics([[0.1, 1.0], [0.2, 1.0]])
+    with pytest.raises(ValueError, match="one row of values"):
+        scan_statistics([])
+    site = scan_statistics([[0.1, 1.0], [0.2, 1.0]])
     with pytest.raises(ValueError, match="different lengths"):
         bq.standardized_quantiles(site, site, [0.1, 0.5, 1.0])
