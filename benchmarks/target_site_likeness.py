@@ -58,15 +58,53 @@ def likeness(images: list, masks: list, sites: list[str]) -> tuple[dict, dict[st
     return together, each
 
 
-def method_row(out_dir: Path, method: str, target: str) -> tuple[dict, dict[str, float]]:
-    """:func:`likeness` of ``method``'s outputs towards ``target`` and the truths."""
+def own_scans(out_dir: Path, target: str, through: str | None = None) -> dict[str, Path]:
+    """Anatomy -> the target site's own scan of it: as acquired (``through`` None), or
+    as the method ``through`` left it (``out_dir/{through}_{target}`` holding outputs
+    of the target site's own scans, e.g. the app with ``--harmonize-target-site``)."""
+    from harmonize_bids.evaluation import harmonized_outputs, read_simulated_dataset
+
+    images = read_simulated_dataset(out_dir / "test_n4")
+    if through is None:
+        return {i.anatomy: i.t1w for i in images if i.site == target}
+    return {img.anatomy: path
+            for img, path, tgt in harmonized_outputs(images, out_dir / f"{through}_{target}")
+            if img.site == target == tgt}
+
+
+def own_through(methods: list[str], through: list[str] | None
+                ) -> list[tuple[str, str | None]] | None:
+    """``(method, the method its target site's own scans go through or None: as
+    acquired)`` for each of ``methods``, from ``--own-scans-through`` (absent, one for
+    all, or one per method; ``-``: as acquired); None if the counts do not fit.  A
+    method may come twice, with its own scans as acquired and through a method.
+
+    >>> own_through(["a", "b"], None), own_through(["a", "b"], ["s"])
+    ([('a', None), ('b', None)], [('a', 's'), ('b', 's')])
+    >>> own_through(["a", "a"], ["-", "t"]), own_through(["a", "b"], ["s", "t", "u"])
+    ([('a', None), ('a', 't')], None)
+    """
+    if not through:
+        through = ["-"]
+    if len(through) == 1:
+        through = through * len(methods)
+    if len(through) != len(methods):
+        return None
+    return [(m, None if t == "-" else t) for m, t in zip(methods, through)]
+
+
+def method_row(out_dir: Path, method: str, target: str,
+               own_through: str | None = None) -> tuple[dict, dict[str, float]]:
+    """:func:`likeness` of ``method``'s outputs towards ``target`` and the target site's
+    own scans (see :func:`own_scans`) of the same anatomies."""
+    own = own_scans(out_dir, target, own_through)
     images, masks, sites, genuine = [], [], [], {}
     for img, path, truth in sent_pairs(out_dir, method, target):
         mask = load(truth.brain_mask) > 0
         images.append(load(path))
         masks.append(mask)
         sites.append(img.site)
-        genuine[truth.anatomy] = (truth.t1w, mask)
+        genuine[truth.anatomy] = (own[truth.anatomy], mask)
     for t1w, mask in genuine.values():
         images.append(load(t1w))
         masks.append(mask)
@@ -98,19 +136,29 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", required=True,
                         help="derivatives folder names without the _TARGET suffix; 'none': "
                              "the sources themselves")
+    parser.add_argument("--own-scans-through", metavar="METHOD", nargs="+", default=None,
+                        help="compare with the target site's own scans as METHOD left them "
+                             "(a folder METHOD_TARGET of outputs of those scans, e.g. the app "
+                             "with --harmonize-target-site) instead of as acquired: one METHOD "
+                             "for all --methods, or one per method ('-': as acquired)")
     parser.add_argument("--results", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
 
+    through = own_through(args.methods, args.own_scans_through)
+    if through is None:
+        parser.error("--own-scans-through takes one METHOD or one per --methods")
     t0 = time.monotonic()
     rows, sources = [], None
-    for method in args.methods:
-        together, each = method_row(args.out_dir, method, args.target)
+    for method, own in through:
+        together, each = method_row(args.out_dir, method, args.target, own)
         sources = sources or list(each)
-        rows.append((method, together, each))
-    lines = [f"| method | all classes (chance) | {' | '.join(sources)} | mean vs own scans |",
-             "|---|---|" + "---|" * len(sources) + "---|"]
-    for method, together, each in rows:
-        lines.append(f"| {method} | {together['accuracy']:.2f} ± {together['accuracy_sd']:.2f} "
+        rows.append((method, own, together, each))
+    lines = [f"| method | own scans | all classes (chance) | {' | '.join(sources)} "
+             "| mean vs own scans |",
+             "|---|---|---|" + "---|" * len(sources) + "---|"]
+    for method, own, together, each in rows:
+        lines.append(f"| {method} | {own or 'as acquired'} "
+                     f"| {together['accuracy']:.2f} ± {together['accuracy_sd']:.2f} "
                      f"({together['chance']:.2f}) | "
                      + " | ".join(f"{each.get(s, float('nan')):.2f}" for s in sources)
                      + f" | {np.mean(list(each.values())):.2f} |")
@@ -118,7 +166,9 @@ def main() -> None:
                   f"{rescan_row(args.out_dir, args.target):.2f} (chance 0.50)."]
     write_results(args.results, f"Outputs against `{args.target}`'s own scans", sys.argv,
                   f"{time.monotonic() - t0:.0f} s. Per-source columns: that source's outputs "
-                  "against the target site's own scans of the same anatomies (chance 0.50).",
+                  "against the target site's own scans of the same anatomies (chance 0.50), "
+                  "as acquired or as the method in 'own scans' left them; 'all classes': "
+                  "every source's outputs and the own scans, one class each.",
                   "\n".join(lines))
 
 

@@ -36,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from site_confusion import load, sent_pairs  # noqa: E402
 from site_predictability_rescore import methods_in  # noqa: E402
+from target_site_likeness import GENUINE, own_scans, own_through  # noqa: E402
 
 TISSUES = ("CSF", "GM", "WM")
 
@@ -62,6 +63,18 @@ def fraction_rows(pairs: list[tuple], truth_fractions: dict[Path, np.ndarray]
             truth_fractions[truth.t1w] = fractions(load(truth.t1w), mask)
         rows.append((img.site, fractions(load(path), mask), truth_fractions[truth.t1w]))
     return rows
+
+
+def own_rows(out_dir: Path, target: str, pairs: list[tuple],
+             truth_fractions: dict[Path, np.ndarray], through: str | None = None
+             ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """:func:`fraction_rows` of the target site's own scans of the anatomies in
+    ``pairs``, labelled :data:`GENUINE`: as acquired (zero bias by construction) or as
+    the method ``through`` left them (``target_site_likeness.own_scans``)."""
+    scans = own_scans(out_dir, target, through)
+    truths = {truth.anatomy: truth for _, _, truth in pairs}
+    own = [(truth, scans[a], truth) for a, truth in sorted(truths.items()) if a in scans]
+    return [(GENUINE, out, ref) for _, out, ref in fraction_rows(own, truth_fractions)]
 
 
 def bias_by_source(rows: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -94,37 +107,54 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=["siemens3tmprage", "ge15tspgr"])
     parser.add_argument("--methods", nargs="+", default=None,
                         help="method folder names without _TARGET (default: all found)")
+    parser.add_argument("--own-scans-through", metavar="METHOD", nargs="+", default=None,
+                        help="the target site's own scans as METHOD left them (a folder "
+                             "METHOD_TARGET of their outputs, e.g. the app with "
+                             "--harmonize-target-site) instead of as acquired: one METHOD for "
+                             "all --methods, or one per method ('-': as acquired)")
     parser.add_argument("--results", type=Path, default=None, help="also write the tables here")
     args = parser.parse_args()
     if not (args.out_dir / "test_n4").is_dir():
         parser.error(f"{args.out_dir} holds no quality benchmark (no test_n4/): "
                      "run benchmarks/quality_vs_peers.py first")
     methods = args.methods or ["none", *methods_in(args.out_dir, args.targets)]
+    through = own_through(methods, args.own_scans_through)
+    if through is None:
+        parser.error("--own-scans-through takes one METHOD or one per --methods")
     lines = ["# Tissue-fraction bias by source site", "",
              f"- command: `python benchmarks/tissue_fraction_bias.py {' '.join(sys.argv[1:])}`",
              f"- date: {datetime.date.today()}; {platform.machine()}, {os.cpu_count()} CPUs",
              f"- outputs: those in `{args.out_dir}` (written by quality_vs_peers.py)",
              "- cells: mean over anatomies of output minus truth CSF / GM / WM fraction of "
              "the truth's brain mask (metrics.tissue_segmentation on both); spread = sd of "
-             "the per-source means, |bias| = their mean absolute value", ""]
+             "the per-source means, |bias| = their mean absolute value; pooled spread GM: "
+             "the same sd with the target site's own scans as one more group (as acquired, "
+             "zero bias, or as the method in 'own scans' left them), i.e. the site effect "
+             "on GM volume left in a pooled study", ""]
     for target in args.targets:
         truth_fractions: dict[Path, np.ndarray] = {}
-        rows = {m: fraction_rows(sent_pairs(args.out_dir, m, target), truth_fractions)
-                for m in methods}
+        pairs = {m: sent_pairs(args.out_dir, m, target) for m in methods}
+        rows = {m: fraction_rows(p, truth_fractions) for m, p in pairs.items()}
         bias = {m: bias_by_source(r) for m, r in rows.items()}
+        own = {(m, t): bias_by_source(own_rows(args.out_dir, target, pairs[m], truth_fractions,
+                                               t))[GENUINE] for m, t in through}
         sources = sorted({s for b in bias.values() for s in b})
         lines += [f"## → {target}", "",
-                  "| method | " + " | ".join(sources)
-                  + " | spread WM | spread GM | |bias| WM | site acc. from fractions "
-                  f"(chance {1 / len(sources):.2f}) |",
-                  "|---|" + "---|" * (len(sources) + 4)]
-        for method, b in bias.items():
+                  "| method | own scans | " + " | ".join(sources)
+                  + f" | {GENUINE} | spread WM | spread GM | pooled spread GM | |bias| WM "
+                  f"| site acc. from fractions (chance {1 / len(sources):.2f}) |",
+                  "|---|---|" + "---|" * (len(sources) + 6)]
+        for method, own_method in through:
+            b = bias[method]
             spread, size = summarize(b)
+            pooled, _ = summarize({**b, GENUINE: own[method, own_method]})
             acc, acc_sd = fraction_site_accuracy(rows[method])
-            cells = [" / ".join(f"{v:+.3f}" for v in b[s]) if s in b else "—" for s in sources]
-            lines.append(f"| {method} | " + " | ".join(cells)
-                         + f" | {spread[2]:.3f} | {spread[1]:.3f} | {size[2]:.3f} "
-                         f"| {acc:.2f} ± {acc_sd:.2f} |")
+            cells = [" / ".join(f"{v:+.3f}" for v in b[s]) if s in b else "—"
+                     for s in sources] + [" / ".join(f"{v:+.3f}" for v in own[method, own_method])]
+            lines.append(f"| {method} | {own_method or 'as acquired'} | "
+                         + " | ".join(cells)
+                         + f" | {spread[2]:.3f} | {spread[1]:.3f} | {pooled[1]:.3f} "
+                         f"| {size[2]:.3f} | {acc:.2f} ± {acc_sd:.2f} |")
         lines.append("")
     text = "\n".join(lines)
     print(text)
