@@ -171,8 +171,11 @@ def _build_parser() -> argparse.ArgumentParser:
                             "default they are the reference the other sites are brought to "
                             "and their brain is written unchanged as the harmonized image "
                             "(as ComBat leaves its reference batch), because the model can "
-                            "only add its own error to them (docs/design.md, 'The target "
-                            "site's own images')")
+                            "only add its own error to them. The harmonized images still "
+                            "look unlike them (smoother), so for statistics pooled over all "
+                            "sites, target site included, use this flag: every image then "
+                            "goes through the same model (docs/design.md, 'The target site's "
+                            "own images')")
     model.add_argument("--model-info", action="store_true",
                        help="print the model card of --model (or the bundled model) as JSON "
                             "and exit")

@@ -218,9 +218,10 @@ def build_workflow(settings: Settings):
         kept = [r.label for r in records if harmonize.keeps(r)]
         if kept:
             LOGGER.info("%d of %d image(s) were acquired at site '%s' and are written "
-                        "unchanged as its reference (--harmonize-target-site runs the model "
-                        "on them too): %s", len(kept), len(records), settings.target_site,
-                        ", ".join(kept))
+                        "unchanged as its reference: %s. Harmonized images stay "
+                        "distinguishable from them; for statistics pooled over all sites, "
+                        "rerun with --harmonize-target-site (the model on every image).",
+                        len(kept), len(records), settings.target_site, ", ".join(kept))
         LOGGER.info("Harmonizing to site '%s' with %s (%d steps, strength %g, stop at %g, "
                     "%d chain(s); slice levels equalized: %s; tissue intensity landmarks: %s)",
                     settings.target_site, model_file, sampler.steps, sampler.strength,
