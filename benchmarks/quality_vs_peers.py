@@ -10,7 +10,9 @@ A. **Simulated traveling subjects**: held-out SynthSeg label maps (those listed
    N4-corrected as the participant level would (the truth included).  Every image
    is sent to every other target site; scored with ``harmonize_bids.evaluation``
    (SSIM, PSNR, MAE, correlation, W1 against the true target image, tissue Dice,
-   flicker, site predictability).
+   flicker, site predictability), and how often each method's outputs are told from
+   the target site's own scans (``target_site_likeness.py``; the summary's "told from
+   target's own scans", chance 0.5). A peer's s/vol is the time of the method alone.
 B. **Real texture, unseen scanners -> ixi-hh**: held-out IXI Hammersmith brains
    (preprocessed by the participant level) re-rendered with random protocols
    (:func:`harmonize_bids.simulate.shift.shift_real_image`, seeds never used in
@@ -21,8 +23,11 @@ B. **Real texture, unseen scanners -> ixi-hh**: held-out IXI Hammersmith brains
 Methods: no harmonization; intensity-normalization's Nyúl (standard scale learned
 from the target site's other held-out images), WhiteStripe and z-score (mapped
 onto a target-site reference); ANTs histogram matching to a target-site
-reference (another held-out anatomy); ours at each ``--steps`` x ``--strength`` x
-``--stop-at`` x ``--samples``, each also with its tissue intensities matched to the
+reference (another held-out anatomy); track A also the subject-kept whole-brain
+quantile match (``harmonize_bids.brain_quantiles``: each source placed among its own
+site's test scans, onto the target site's scans of the other label maps); ours at each
+``--steps`` x ``--strength`` x ``--stop-at`` x ``--samples``, each also with its tissue
+intensities matched to the
 target site's landmarks stored in the model (``+ tissue match``: the tissue medians;
 ``+ tissue quartile match``, ``+ tissue decile match``, ``+ tissue vigintile match``:
 the within-tissue quartiles, deciles, 5 % quantiles, when the model stores them; what
@@ -105,6 +110,20 @@ def ours_name(sampler, scheme: str | None = None, levelled: bool = True) -> str:
     start = f", strength {sampler.strength:g}" if sampler.strength != 1 else ""
     unlevelled = "" if levelled else ", unlevelled"
     return f"ours (S={sampler.steps}{chains}{start}{stop}{unlevelled})" + match_suffix(scheme)
+
+
+def ours_folder(sampler, levelled: bool = True, scheme: str | None = None) -> str:
+    """The output folder of one of our variants, without its ``_TARGET`` suffix.
+
+    >>> from harmonize_bids.diffusion.schedule import SamplerSettings
+    >>> ours_folder(SamplerSettings(steps=5, samples=2), True, "vigintiles")
+    'ours_s5_stop0_n2_vigintiles'
+    >>> ours_folder(SamplerSettings(steps=10, strength=0.7, samples=1), False)
+    'ours_s10_str0.7_stop0_n1_unlevelled'
+    """
+    start = f"_str{sampler.strength:g}" if sampler.strength != 1 else ""
+    return (f"ours_s{sampler.steps}{start}_stop{sampler.stop:g}_n{sampler.samples}"
+            f"{'' if levelled else '_unlevelled'}{f'_{scheme}' if scheme else ''}")
 
 
 def match_variants(model, targets: list[str]) -> tuple[str | None, ...]:
@@ -194,6 +213,71 @@ def test_dataset(sites: list[str], held_out: list[str], out: Path, threads: int 
     return bias_corrected_copy(raw, out / "test_n4", num_threads=threads, progress=log)
 
 
+BRAIN_QUANTILE_PEER = "whole-brain quantile match, subject kept"
+
+
+def peer_outputs(folder: str, harmonize, images, targets: list[str], out: Path,
+                 test_ds: Path) -> tuple[dict, float]:
+    """``harmonize(image record, target) -> array`` for every image not at ``target``,
+    written to ``out/{folder}_{target}``; (merged evaluate() result, seconds per volume
+    spent in ``harmonize``: loading the image and its references included, writing and
+    scoring not)."""
+    from harmonize_bids.derivatives import init_derivatives
+    from harmonize_bids.evaluation import evaluate
+
+    merged, spent, n = None, 0.0, 0
+    for target in targets:
+        deriv = out / f"{folder}_{target}"
+        init_derivatives(deriv, test_ds)
+        for img in images:
+            if img.site == target:
+                continue
+            t0 = time.monotonic()
+            result = harmonize(img, target)
+            spent += time.monotonic() - t0
+            save_harmonized(deriv, img, result, {"TargetSite": target, "SourceSite": img.site})
+            n += 1
+        merged = merge_results(merged, evaluate(test_ds, deriv))
+    merged["told_apart"] = told_apart(out, folder, targets)
+    return merged, spent / n
+
+
+def brain_quantile_peer(images):
+    """``f(image record, target) -> array``: the subject-kept whole-brain quantile match
+    (:mod:`harmonize_bids.brain_quantiles`) of the source alone onto the target site's
+    scans of the other label maps, the scan placed by where it stands among its own
+    site's scans in the test set: a peer that, like ComBat, needs every site's scans
+    (session 26)."""
+    from harmonize_bids.brain_quantiles import (brain_quantiles, match_brain_quantiles,
+                                                standardized_quantiles)
+    from harmonize_bids.site_intensity import scan_statistics
+
+    quantiles = {i.participant: brain_quantiles(load(i.t1w), load(i.brain_mask) > 0)
+                 for i in images}
+    by_site: dict[str, list] = {}
+    for img in images:
+        by_site.setdefault(img.site, []).append(quantiles[img.participant])
+    sites = {site: scan_statistics(rows) for site, rows in by_site.items()}
+
+    def harmonize(img, target):
+        reference = scan_statistics([
+            quantiles[r.participant] for r in images if r.site == target
+            and label_map_of(r.anatomy) != label_map_of(img.anatomy)])
+        goal = standardized_quantiles(reference, sites[img.site], quantiles[img.participant])
+        return match_brain_quantiles(load(img.t1w), load(img.brain_mask) > 0, goal)
+
+    return harmonize
+
+
+def told_apart(out: Path, folder: str, targets: list[str]) -> dict[str, float]:
+    """Target -> how often the outputs in ``out/{folder}_{target}`` are told from the
+    target site's own scans of the same anatomies, mean over source sites (chance 0.5;
+    ``target_site_likeness.py``)."""
+    from target_site_likeness import method_row
+
+    return {t: float(np.mean(list(method_row(out, folder, t)[1].values()))) for t in targets}
+
+
 def label_map_of(anatomy: str) -> str:
     """The label map a test subject was rendered from (variants are named ``MAP-vK``).
 
@@ -234,22 +318,25 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
     tables = []
     base = evaluate(test_ds)
     base["pairs"] = {k: v for k, v in base["pairs"].items() if k[1] in targets}
+    base["told_apart"] = told_apart(out, "none", targets)
     tables.append(("no harmonization", base, 0.0))
     for name, fn in (peer_methods() if peers is None else peers).items():
-        merged, t0, n = None, time.monotonic(), 0
-        for target in targets:
-            deriv = out / f"{name.split()[0].lower()}_{target}"
-            init_derivatives(deriv, test_ds)
-            for img in images:
-                if img.site == target:
-                    continue
-                refs = refs_for(img, target, None if name.startswith("Nyul") else 1)
-                res = fn(load(img.t1w), load(img.brain_mask) > 0, refs)
-                save_harmonized(deriv, img, res, {"TargetSite": target, "SourceSite": img.site})
-                n += 1
-            merged = merge_results(merged, evaluate(test_ds, deriv))
-        tables.append((name, merged, (time.monotonic() - t0) / n))
+        nyul = name.startswith("Nyul")
+        merged, seconds = peer_outputs(
+            name.split()[0].lower(),
+            lambda img, target: fn(load(img.t1w), load(img.brain_mask) > 0,
+                                   refs_for(img, target, None if nyul else 1)),
+            images, targets, out, test_ds)
+        tables.append((name, merged, seconds))
         log(f"{name} done")
+    if peers is None or peers:
+        t0 = time.monotonic()
+        harmonize = brain_quantile_peer(images)  # every scan's quantiles: the dataset step
+        setup = time.monotonic() - t0
+        merged, seconds = peer_outputs("brainq", harmonize, images, targets, out, test_ds)
+        n = sum(img.site != t for img in images for t in targets)
+        tables.append((BRAIN_QUANTILE_PEER, merged, seconds + setup / n))
+        log(f"{BRAIN_QUANTILE_PEER} done")
     variants = [(lev, m) for lev in levels for m in matches]
     subject = [m for m in matches if m and m.endswith(SUBJECT)]
     statistics = dataset_statistics(images, vols, masks, subject[0][:-len(SUBJECT)]) \
@@ -259,10 +346,7 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
         seconds = {v: 0.0 for v in variants}
         n = 0
         for target in targets:
-            start = f"_str{sampler.strength:g}" if sampler.strength != 1 else ""
-            derivs = {(lev, m): out / (f"ours_s{sampler.steps}{start}_stop{sampler.stop:g}"
-                                       f"_n{sampler.samples}{'' if lev else '_unlevelled'}"
-                                       f"{f'_{m}' if m else ''}_{target}")
+            derivs = {(lev, m): out / f"{ours_folder(sampler, lev, m)}_{target}"
                       for lev, m in variants}
             for deriv in derivs.values():
                 init_derivatives(deriv, test_ds)
@@ -286,6 +370,9 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
                 n += 1
             for v, deriv in derivs.items():
                 merged[v] = merge_results(merged[v], evaluate(test_ds, deriv))
+        for lev, m in variants:
+            merged[lev, m]["told_apart"] = told_apart(out, ours_folder(sampler, lev, m),
+                                                      targets)
         for lev, m in variants:
             name = ours_name(sampler, m, lev)
             tables.append((name, merged[lev, m], seconds[lev, m] / n))
@@ -399,14 +486,16 @@ def dice_reached(res: dict, baseline: dict) -> tuple[int, int]:
 def summary(tables: list) -> str:
     """One line per method: means over pairs, and pairs where ours beats every peer."""
     lines = ["| method | mean SSIM | mean PSNR (dB) | mean tissue Dice | mean site pred. | "
-             "s/vol |", "|---|---|---|---|---|---|"]
+             "told from target's own scans | s/vol |", "|---|---|---|---|---|---|---|"]
     for name, res, sec in tables:
         pairs = res["pairs"].values()
         pred = np.mean(list(res["site_predictability"].values()))
+        told = f"{np.mean(list(res['told_apart'].values())):.2f}" \
+            if res.get("told_apart") else "—"
         lines.append(f"| {name} | {np.mean([p['ssim'] for p in pairs]):.3f} | "
                      f"{np.mean([p['psnr'] for p in pairs]):.2f} | "
                      f"{np.mean([p['tissue_dice'] for p in pairs]):.3f} | {pred:.2f} | "
-                     f"{sec:.2f} |")
+                     f"{told} | {sec:.2f} |")
     peers = [t for t in tables if not t[0].startswith("ours")]
     for name, res, _ in tables:
         if not name.startswith("ours"):
@@ -524,7 +613,9 @@ def main() -> None:
         + f" under {list(model.config.sites)} (simulated ones) + unseen {UNSEEN}, 2 mm; "
         f"targets {args.targets}",
         "- peers' references: the target site's image of another held-out anatomy, never "
-        "one from the source's own label map (Nyul: all such anatomies at the target site)",
+        "one from the source's own label map (Nyul and the whole-brain quantile match: all "
+        "such anatomies at the target site; the latter also places each source among its "
+        "own site's test scans)",
         "- every simulated image (sources, truths, rescans) and every track-B source is "
         "N4-corrected with the participant level's settings first, as the app does before "
         "it harmonizes: the bias field is random per scan (docs/simulator.md)",
