@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 
 import nibabel as nb
@@ -24,7 +25,8 @@ def tiny_model_file(tmp_path_factory):
 
 
 def test_participant_with_target_site_writes_harmonized_outputs(synthetic_bids, tiny_model_file,
-                                                                tmp_path):
+                                                                tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="harmonize_bids")
     out = tmp_path / "out"
     code = main([str(synthetic_bids), str(out), "participant", "--sloppy",
                  "-w", str(tmp_path / "work"), "--participant-label", "01", "02",
@@ -62,6 +64,11 @@ def test_participant_with_target_site_writes_harmonized_outputs(synthetic_bids, 
     inside = kept != 0
     assert inside.sum() > 100
     np.testing.assert_allclose(kept[inside], pre1[inside], rtol=1e-5)
+    # the log names the kept image and points pooled studies to --harmonize-target-site
+    kept_line = next(r.getMessage() for r in caplog.records
+                     if "written unchanged as its reference" in r.getMessage())
+    assert "sub-01" in kept_line and "sub-02" not in kept_line
+    assert "pooled over all sites" in kept_line and "--harmonize-target-site" in kept_line
 
 
 def test_harmonize_node_keeps_a_target_site_brain_without_the_model(tiny_model_file,
