@@ -94,10 +94,11 @@ def own_through(methods: list[str], through: list[str] | None
 
 
 def method_row(out_dir: Path, method: str, target: str,
-               own_through: str | None = None) -> tuple[dict, dict[str, float]]:
+               through: str | None = None) -> tuple[dict, dict[str, float]]:
     """:func:`likeness` of ``method``'s outputs towards ``target`` and the target site's
-    own scans (see :func:`own_scans`) of the same anatomies."""
-    own = own_scans(out_dir, target, own_through)
+    own scans of the same anatomies, as acquired or as ``through`` left them
+    (:func:`own_scans`)."""
+    own = own_scans(out_dir, target, through)
     images, masks, sites, genuine = [], [], [], {}
     for img, path, truth in sent_pairs(out_dir, method, target):
         mask = load(truth.brain_mask) > 0
