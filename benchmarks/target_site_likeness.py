@@ -93,6 +93,15 @@ def own_through(methods: list[str], through: list[str] | None
     return [(m, None if t == "-" else t) for m, t in zip(methods, through)]
 
 
+def add_own_scans_argument(parser) -> None:
+    """``--own-scans-through METHOD...``, read by :func:`own_through`."""
+    parser.add_argument("--own-scans-through", metavar="METHOD", nargs="+", default=None,
+                        help="the target site's own scans as METHOD left them (a folder "
+                             "METHOD_TARGET of their outputs, e.g. the app with "
+                             "--harmonize-target-site) instead of as acquired: one METHOD "
+                             "for all --methods, or one per method ('-': as acquired)")
+
+
 def method_row(out_dir: Path, method: str, target: str,
                through: str | None = None) -> tuple[dict, dict[str, float]]:
     """:func:`likeness` of ``method``'s outputs towards ``target`` and the target site's
@@ -137,11 +146,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", required=True,
                         help="derivatives folder names without the _TARGET suffix; 'none': "
                              "the sources themselves")
-    parser.add_argument("--own-scans-through", metavar="METHOD", nargs="+", default=None,
-                        help="compare with the target site's own scans as METHOD left them "
-                             "(a folder METHOD_TARGET of outputs of those scans, e.g. the app "
-                             "with --harmonize-target-site) instead of as acquired: one METHOD "
-                             "for all --methods, or one per method ('-': as acquired)")
+    add_own_scans_argument(parser)
     parser.add_argument("--results", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
 

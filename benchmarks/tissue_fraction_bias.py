@@ -36,7 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from site_confusion import load, sent_pairs  # noqa: E402
 from site_predictability_rescore import methods_in  # noqa: E402
-from target_site_likeness import GENUINE, own_scans, own_through  # noqa: E402
+from target_site_likeness import (GENUINE, add_own_scans_argument, own_scans,  # noqa: E402
+                                  own_through)
 
 TISSUES = ("CSF", "GM", "WM")
 
@@ -107,11 +108,7 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=["siemens3tmprage", "ge15tspgr"])
     parser.add_argument("--methods", nargs="+", default=None,
                         help="method folder names without _TARGET (default: all found)")
-    parser.add_argument("--own-scans-through", metavar="METHOD", nargs="+", default=None,
-                        help="the target site's own scans as METHOD left them (a folder "
-                             "METHOD_TARGET of their outputs, e.g. the app with "
-                             "--harmonize-target-site) instead of as acquired: one METHOD for "
-                             "all --methods, or one per method ('-': as acquired)")
+    add_own_scans_argument(parser)
     parser.add_argument("--results", type=Path, default=None, help="also write the tables here")
     args = parser.parse_args()
     if not (args.out_dir / "test_n4").is_dir():
