@@ -84,15 +84,17 @@ def main() -> None:
                       axis=0)
         lines.append(f"| `{args.target}`'s own scans through `{args.own_scans_through}` "
                      f"| {own[0]:.3f} | {own[1]:.3f} | {own[0] - genuine[0]:+.3f} | |")
+    outputs: dict[tuple[str, str], list] = {}
+    for method in args.method:
+        for img, path, truth in sent_pairs(args.out_dir, method, args.target):
+            outputs.setdefault((method, img.site), []).append(
+                contrast(load(path), *truths[truth.anatomy][1:]))
     for site, rows in sorted(sources.items()):
         before = np.mean(rows, axis=0)
         lines.append(f"| `{site}` sources, as acquired | {before[0]:.3f} | {before[1]:.3f} "
                      f"| {before[0] - genuine[0]:+.3f} | |")
         for method in args.method:
-            outs = [contrast(load(path), *truths[truth.anatomy][1:])
-                    for img, path, truth in sent_pairs(args.out_dir, method, args.target)
-                    if img.site == site]
-            after = np.mean(outs, axis=0)
+            after = np.mean(outputs[method, site], axis=0)
             share = moved(before[0], after[0], genuine[0])
             lines.append(f"| `{site}` through `{method}` | {after[0]:.3f} | {after[1]:.3f} "
                          f"| {after[0] - genuine[0]:+.3f} "
