@@ -216,6 +216,17 @@ def test_dataset(sites: list[str], held_out: list[str], out: Path, threads: int 
 BRAIN_QUANTILE_PEER = "whole-brain quantile match, subject kept"
 
 
+def peer_references(images, img, target: str, every: bool = False) -> list:
+    """``[(image, brain mask)]`` a peer harmonizing ``img`` to ``target`` may use: the
+    target site's scan of one other anatomy (chosen by ``img``'s place, never from its
+    own label map) or, with ``every`` (Nyul), of all such anatomies."""
+    anatomies = sorted({i.anatomy for i in images})
+    others = [a for a in anatomies if label_map_of(a) != label_map_of(img.anatomy)]
+    chosen = others if every else [others[anatomies.index(img.anatomy) % len(others)]]
+    return [(load(r.t1w), load(r.brain_mask) > 0) for r in images
+            if r.site == target and r.anatomy in chosen]
+
+
 def peer_outputs(folder: str, harmonize, images, targets: list[str], out: Path,
                  test_ds: Path) -> tuple[dict, float]:
     """``harmonize(image record, target) -> array`` for every image not at ``target``,
@@ -307,13 +318,6 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
     test_ds = test_dataset(sim_sites, held_out, out, threads, n_anatomies)
     images = read_simulated_dataset(test_ds)
     vols, masks = ras_volumes(test_ds)
-    anats = sorted(vols)
-
-    def refs_for(img, target, k=None):
-        others = [a for a in anats if label_map_of(a) != label_map_of(img.anatomy)]
-        chosen = others if k is None else [others[anats.index(img.anatomy) % len(others)]]
-        recs = [i for i in images if i.site == target and i.anatomy in chosen]
-        return [(load(r.t1w), load(r.brain_mask) > 0) for r in recs]
 
     tables = []
     base = evaluate(test_ds)
@@ -325,7 +329,7 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
         merged, seconds = peer_outputs(
             name.split()[0].lower(),
             lambda img, target: fn(load(img.t1w), load(img.brain_mask) > 0,
-                                   refs_for(img, target, None if nyul else 1)),
+                                   peer_references(images, img, target, every=nyul)),
             images, targets, out, test_ds)
         tables.append((name, merged, seconds))
         log(f"{name} done")

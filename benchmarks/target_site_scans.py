@@ -79,19 +79,13 @@ def write_peers(out_dir: Path, targets: list[str]) -> None:
 
     test_ds = out_dir / "test_n4"
     images = read_simulated_dataset(test_ds)
-    anatomies = sorted({i.anatomy for i in images})
     methods = qvp.peer_methods()
     for target in targets:
         for folder, name in PEERS.items():
             deriv = out_dir / f"{folder}_{target}"
             init_derivatives(deriv, test_ds)
             for img in (i for i in images if i.site == target):
-                others = [a for a in anatomies
-                          if qvp.label_map_of(a) != qvp.label_map_of(img.anatomy)]
-                chosen = others if name.startswith("Nyul") else \
-                    [others[anatomies.index(img.anatomy) % len(others)]]
-                refs = [(qvp.load(r.t1w), qvp.load(r.brain_mask) > 0) for r in images
-                        if r.site == target and r.anatomy in chosen]
+                refs = qvp.peer_references(images, img, target, every=name.startswith("Nyul"))
                 result = methods[name](qvp.load(img.t1w), qvp.load(img.brain_mask) > 0, refs)
                 qvp.save_harmonized(deriv, img, result,
                                     {"TargetSite": target, "SourceSite": img.site})
