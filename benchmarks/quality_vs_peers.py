@@ -109,7 +109,9 @@ def ours_name(sampler, scheme: str | None = None, levelled: bool = True) -> str:
     stop = f", stop {sampler.stop:g}" if sampler.stop else ""
     start = f", strength {sampler.strength:g}" if sampler.strength != 1 else ""
     unlevelled = "" if levelled else ", unlevelled"
-    return f"ours (S={sampler.steps}{chains}{start}{stop}{unlevelled})" + match_suffix(scheme)
+    away = f", source guidance {sampler.source_guidance:g}" if sampler.source_guidance else ""
+    return (f"ours (S={sampler.steps}{chains}{start}{stop}{away}{unlevelled})"
+            + match_suffix(scheme))
 
 
 def ours_folder(sampler, levelled: bool = True, scheme: str | None = None) -> str:
@@ -120,9 +122,12 @@ def ours_folder(sampler, levelled: bool = True, scheme: str | None = None) -> st
     'ours_s5_stop0_n2_vigintiles'
     >>> ours_folder(SamplerSettings(steps=10, strength=0.7, samples=1), False)
     'ours_s10_str0.7_stop0_n1_unlevelled'
+    >>> ours_folder(SamplerSettings(source_guidance=0.5))
+    'ours_s5_stop0_n2_away0.5'
     """
     start = f"_str{sampler.strength:g}" if sampler.strength != 1 else ""
-    return (f"ours_s{sampler.steps}{start}_stop{sampler.stop:g}_n{sampler.samples}"
+    away = f"_away{sampler.source_guidance:g}" if sampler.source_guidance else ""
+    return (f"ours_s{sampler.steps}{start}_stop{sampler.stop:g}_n{sampler.samples}{away}"
             f"{'' if levelled else '_unlevelled'}{f'_{scheme}' if scheme else ''}")
 
 
@@ -160,6 +165,14 @@ def matched(image, mask, model, site: str, scheme: str | None, source=None,
         # the model's target landmarks: the test set's target-site scans are the truths
         landmarks = scan_target_landmarks(landmarks, statistics, source_site, own).landmarks
     return match_landmarks(image, mask, landmarks)
+
+
+def guidance_site(model, site: str, source, mask) -> int:
+    """The index of the model's site source-site guidance pushes away from, chosen as the
+    participant level does (``interfaces.harmonize.guidance_site``)."""
+    from harmonize_bids.interfaces.harmonize import guidance_site as chosen
+
+    return model.config.site_index(chosen(model.config, site, source, mask, log=log))
 
 
 def dataset_statistics(images, vols, masks, scheme: str):
@@ -359,8 +372,10 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
                     continue
                 src, mask = vols[img.anatomy][img.site], masks[img.anatomy]
                 t0 = time.monotonic()
+                away = guidance_site(model, img.site, src, mask) \
+                    if sampler.source_guidance else None
                 raw = harmonize_volume(model, src, mask, model.config.site_index(target),
-                                       sampler, seed=0, level=False)
+                                       sampler, seed=0, level=False, source_site=away)
                 spent = time.monotonic() - t0
                 for lev, m, final, extra in our_variants(raw, src, mask, model, target,
                                                          levels, matches, img.site,
@@ -447,7 +462,10 @@ def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int,
                 rows[name].append(metrics.compare(out, truth, mask))
             for sm in samplers:  # one chain; each variant's time includes it
                 t0 = time.monotonic()
-                raw = harmonize_volume(model, src, mask, site, sm, seed=0, level=False)
+                away = guidance_site(model, f"unseen{k}", src, mask) \
+                    if sm.source_guidance else None
+                raw = harmonize_volume(model, src, mask, site, sm, seed=0, level=False,
+                                       source_site=away)
                 spent = time.monotonic() - t0
                 for lev, m, out, extra in our_variants(raw, src, mask, model, IXI, levels,
                                                        matches):
@@ -544,6 +562,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, nargs="+", default=[SamplerSettings.samples],
                         help="averaged chains (SamplerSettings.samples); every steps x stop x "
                              "samples is run")
+    parser.add_argument("--source-guidance", type=float, nargs="+", default=[0.0],
+                        help="guidance away from the source's site (SamplerSettings."
+                             "source_guidance; an unseen source: the nearest site by tissue "
+                             "landmarks); every value is run")
     parser.add_argument("--targets", nargs="+", default=["siemens3tmprage", "ge15tspgr"])
     parser.add_argument("--n-test", type=int, default=4, help="held-out label maps")
     parser.add_argument("--n-anatomies", type=int, default=None,
@@ -586,9 +608,9 @@ def main() -> None:
     model, card = load_model(model_file)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    samplers = [SamplerSettings(steps=st, strength=sg, stop=sp, samples=n)
+    samplers = [SamplerSettings(steps=st, strength=sg, stop=sp, samples=n, source_guidance=w)
                 for st in args.steps for sg in args.strength for sp in args.stop_at
-                for n in args.samples]
+                for n in args.samples for w in args.source_guidance]
     matches = match_variants(model, args.targets)
     if args.schemes:
         matches = tuple(m for m in matches if m is None or m in args.schemes)

@@ -47,6 +47,7 @@ class Settings:
     strength: float = SamplerSettings.strength
     stop_at: float = SamplerSettings.stop
     samples: int = SamplerSettings.samples
+    source_guidance: float = SamplerSettings.source_guidance
     match_intensities: str = "auto"  # 'auto', 'none' or a site_intensity.SCHEMES name
     level_slices: bool = True
     keep_target_site: bool = True  # images at the target site: written unchanged
@@ -66,7 +67,7 @@ class Settings:
     def sampler(self):
         """The skip sampler's settings (:class:`~harmonize_bids.diffusion.schedule.SamplerSettings`)."""
         return SamplerSettings(steps=self.steps, strength=self.strength, stop=self.stop_at,
-                               samples=self.samples)
+                               samples=self.samples, source_guidance=self.source_guidance)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, TOML-serializable view (paths as strings, None dropped)."""

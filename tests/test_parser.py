@@ -19,7 +19,8 @@ def test_help_lists_every_option(capsys):
                 "--skip-bids-validation", "--work-dir", "--nprocs", "--omp-nthreads",
                 "--mem-mb", "--random-seed", "--target-site", "--model", "--device",
                 "--sloppy", "--verbose", "--version", "--steps", "--strength", "--stop-at",
-                "--samples", "--model-info", "--harmonize-target-site", "(default:"):
+                "--samples", "--source-guidance", "--model-info", "--harmonize-target-site",
+                "(default:"):
         assert opt in text
 
 
@@ -40,6 +41,8 @@ def test_version_exits_zero(capsys):
     ["bids", "out", "participant", "--no-such-option"],
     ["bids", "out", "participant", "--stop-at", "1"],
     ["bids", "out", "participant", "--samples", "0"],
+    ["bids", "out", "participant", "--source-guidance", "-0.5"],
+    ["bids", "out", "participant", "--source-guidance", "nan"],
     ["bids", "out", "participant", "--match-intensities", "yes"],
 ])
 def test_usage_errors_exit_64(argv, tmp_path, monkeypatch):
@@ -74,9 +77,11 @@ def test_settings_roundtrip_toml(tmp_path):
     assert "random_seed = 42" in path.read_text()
     assert Settings.from_filename(path) == s
     s = parse_args([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"),
-                    "--steps", "6", "--stop-at", "0.3", "--samples", "2"])
+                    "--steps", "6", "--stop-at", "0.3", "--samples", "2",
+                    "--source-guidance", "0.5"])
     assert s.sampler().timesteps(1000) == [999, 859, 719, 580, 440, 300]
-    assert s.sampler().samples == 2
+    assert s.sampler().samples == 2 and s.sampler().source_guidance == 0.5
+    assert Settings.from_filename(s.to_filename(tmp_path / "w" / "c2.toml")) == s
 
 
 @pytest.mark.parametrize("label", ["../../etc", "sub-01/..", "a b", "01;rm"])

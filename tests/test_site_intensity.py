@@ -520,3 +520,46 @@ def test_harmonize_step_keeps_the_subject_part_with_the_dataset_site_landmarks(
     write_site_landmarks(tmp_path / "sites2mm.json", stats, voxel_mm=2.0)
     with pytest.raises(InputError, match="2.0 mm"):
         run("refused.nii.gz", source_site="a", site_landmarks=tmp_path / "sites2mm.json")
+
+
+def test_source_site_guidance_pushes_away_from_the_scans_site_or_its_nearest_stand_in(
+        tmp_path, monkeypatch):
+    """--source-guidance: the model runs guided away from the scan's own site when the model
+    knows it, else from the known site whose tissue contrast is nearest the scan's (said in
+    the log); the sidecar names the site. Off (0): unguided."""
+    import harmonize_bids.diffusion.volume as volume
+    from harmonize_bids.diffusion.schedule import SamplerSettings
+    from harmonize_bids.interfaces.harmonize import guidance_site, harmonize_std_image
+
+    seen = []
+
+    def fake_volume(model, low, mask, site, sampler, **kwargs):
+        seen.append(kwargs["source_site"])
+        return np.where(mask, low, 0)
+
+    monkeypatch.setattr(volume, "harmonize_volume", fake_volume)
+    # the toy brain's CSF and GM sit at 1/3 and 2/3 of its WM: like 'c', unlike 'b'
+    landmarks = {"a": [0.1, 0.25, 0.55, 1.0, 1.2], "b": [0.1, 0.15, 0.4, 1.0, 1.2],
+                 "c": [0.1, 0.33, 0.66, 1.0, 1.1]}
+    model_file = write_tiny_model_and_brain(tmp_path, ("a", "b", "c"), landmarks)
+    logged = []
+
+    def run(source_site, weight=1.0):
+        return harmonize_std_image(tmp_path / "std.nii.gz", tmp_path / "mask.nii.gz",
+                                   model_file, "a", tmp_path / "out.nii.gz",
+                                   SamplerSettings(steps=2, source_guidance=weight),
+                                   device="cpu", source_site=source_site, log=logged.append)
+
+    assert run("b")["SourceSiteGuidanceAwayFrom"] == "b" and seen[-1] == 1
+    meta = run("scanner-x")
+    assert meta["SourceSiteGuidanceAwayFrom"] == "c" and seen[-1] == 2
+    assert meta["SourceSiteGuidance"] == 1.0
+    assert any("'scanner-x' is not one the model knows" in m and "'c'" in m for m in logged)
+    meta = run("b", weight=0.0)
+    assert "SourceSiteGuidanceAwayFrom" not in meta and seen[-1] is None
+    # a model without tissue landmarks cannot name a stand-in: unguided, and the log says so
+    image, mask = three_tissue_brain()
+    bare = ModelConfig(sites=("a", "b"))
+    assert guidance_site(bare, "b", image, mask) == "b"
+    assert guidance_site(bare, "scanner-x", image, mask, log=logged.append) is None
+    assert "source-site guidance skipped" in logged[-1]

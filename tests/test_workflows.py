@@ -73,7 +73,8 @@ def test_top_level_has_one_branch_per_image(synthetic_bids, tmp_path):
 
 
 def test_harmonize_options_reach_the_harmonize_node(synthetic_bids, tmp_path):
-    """--no-level-slices and the landmark scheme end up on the nipype node that runs the model."""
+    """--no-level-slices, the landmark scheme and every sampler setting end up on the nipype
+    node that runs the model."""
     from harmonize_bids.diffusion.schedule import SamplerSettings
     from harmonize_bids.workflows.base import HarmonizeOptions
 
@@ -83,14 +84,17 @@ def test_harmonize_options_reach_the_harmonize_node(synthetic_bids, tmp_path):
     model.write_bytes(b"")  # the node only checks that the file exists
     for level in (True, False):
         options = HarmonizeOptions(model_file=model, target_site="siteA",
-                                   sampler=SamplerSettings(steps=3), match_intensities="deciles",
+                                   sampler=SamplerSettings(steps=3, source_guidance=0.5),
+                                   match_intensities="deciles",
                                    level_slices=level)
         wf = init_harmonize_bids_wf(records=records, output_dir=tmp_path, omp_nthreads=1,
                                     sloppy=True, random_seed=0, harmonize=options)
         node = wf.get_node(workflow_name(records[0])).get_node("harmonize_wf").get_node(
             "harmonize")
         assert node.inputs.level_slices is level
-        assert node.inputs.match_intensities == "deciles" and node.inputs.steps == 3
+        assert node.inputs.match_intensities == "deciles"
+        assert SamplerSettings(**node.inputs.sampler) == SamplerSettings(
+            steps=3, source_guidance=0.5)
 
 
 def test_images_at_the_target_site_are_kept_unless_asked(synthetic_bids, tmp_path):

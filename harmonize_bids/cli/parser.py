@@ -46,6 +46,13 @@ def _stop_at(value: str) -> float:
     return number
 
 
+def _non_negative(value: str) -> float:
+    number = float(value)
+    if not number >= 0.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return number
+
+
 def version_text() -> str:
     """``harmonize_bids X.Y`` plus the container build (flavour, commit, date) if any."""
     build = os.environ.get("HARMONIZE_BIDS_BUILD")
@@ -127,6 +134,14 @@ def _build_parser() -> argparse.ArgumentParser:
                             "posterior mean: closer to the truth on average, N times the "
                             "time); the default 5 steps x 2 chains costs as much as --steps 10 "
                             "--samples 1 and scores better")
+    model.add_argument("--source-guidance", type=_non_negative, metavar="W",
+                       default=SamplerSettings.source_guidance,
+                       help="push every denoising step away from what the model makes of the "
+                            "slice for the scan's own site: f(target) + W (f(target) - "
+                            "f(source site)); a site the model does not know stands in by the "
+                            "known site whose tissue intensities look most like the scan's. "
+                            "Moves tissue contrast further towards the target site; doubles "
+                            "the network evaluations. 0: off")
     model.add_argument("--match-intensities", nargs="?", const="medians", default="auto",
                        choices=["auto", "none", *SCHEMES],
                        help="finish each harmonized brain with a monotone intensity map onto "
@@ -314,6 +329,7 @@ def _check(opts: argparse.Namespace) -> Settings:
         strength=opts.strength,
         stop_at=opts.stop_at,
         samples=opts.samples,
+        source_guidance=opts.source_guidance,
         match_intensities=opts.match_intensities,
         level_slices=opts.level_slices,
         keep_target_site=opts.keep_target_site,

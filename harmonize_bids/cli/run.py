@@ -223,9 +223,11 @@ def build_workflow(settings: Settings):
                         "rerun with --harmonize-target-site (the model on every image).",
                         len(kept), len(records), settings.target_site, ", ".join(kept))
         LOGGER.info("Harmonizing to site '%s' with %s (%d steps, strength %g, stop at %g, "
-                    "%d chain(s); slice levels equalized: %s; tissue intensity landmarks: %s)",
+                    "%d chain(s), source-site guidance %g; slice levels equalized: %s; "
+                    "tissue intensity landmarks: %s)",
                     settings.target_site, model_file, sampler.steps, sampler.strength,
-                    sampler.stop, sampler.samples, settings.level_slices, scheme)
+                    sampler.stop, sampler.samples, sampler.source_guidance,
+                    settings.level_slices, scheme)
     else:
         LOGGER.info("No --target-site: preprocessing only.")
     workflow = init_harmonize_bids_wf(

@@ -12,7 +12,8 @@ import torch
 from torch.nn import functional as F
 
 from harmonize_bids.diffusion.model import HarmonizationModel
-from harmonize_bids.diffusion.schedule import NoiseSchedule, SamplerSettings, ddim_step
+from harmonize_bids.diffusion.schedule import (NoiseSchedule, SamplerSettings, away_from,
+                                               ddim_step)
 
 __all__ = ["SamplerSettings", "harmonize_slices"]
 
@@ -27,8 +28,12 @@ def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, in
 def harmonize_slices(model: HarmonizationModel, source: torch.Tensor, site: int,
                      sampler: SamplerSettings = SamplerSettings(), *,
                      generator: torch.Generator | None = None, shared_noise: bool = True,
-                     noise: torch.Tensor | None = None) -> torch.Tensor:
+                     noise: torch.Tensor | None = None,
+                     source_site: int | None = None) -> torch.Tensor:
     """Harmonize source slices ``[N x (2k+1) x H x W]`` to ``site``; return ``[N x 1 x H x W]``.
+
+    ``source_site`` (a site of the model) is what ``sampler.source_guidance`` pushes
+    away from; without it, or when it is ``site``, the chain is unguided.
 
     ``noise`` (optional) is the initial noise of each chain, ``[samples x 1 x H' x W']``
     (shared by all slices; ``H'``, ``W'`` padded to the model's multiple) or, for one
@@ -55,14 +60,16 @@ def harmonize_slices(model: HarmonizationModel, source: torch.Tensor, site: int,
     cond = model.encode(src)
     total = None
     for z in noises:
-        x0 = _chain(model, src, cond, site, sampler, z.expand(n, 1, *plane), generator)
+        x0 = _chain(model, src, cond, site, sampler, z.expand(n, 1, *plane), generator,
+                    source_site)
         total = x0 if total is None else total + x0
     return (total / len(noises))[..., :h, :w]
 
 
 def _chain(model: HarmonizationModel, src: torch.Tensor, cond: torch.Tensor, site: int,
            sampler: SamplerSettings, noise: torch.Tensor,
-           generator: torch.Generator | None) -> torch.Tensor:
+           generator: torch.Generator | None, source_site: int | None = None
+           ) -> torch.Tensor:
     """One deterministic (eta = 0) or stochastic DDIM chain; its final clean estimate."""
     config = model.config
     n = src.shape[0]
@@ -74,10 +81,14 @@ def _chain(model: HarmonizationModel, src: torch.Tensor, cond: torch.Tensor, sit
     x = noise if sampler.strength >= 1.0 else \
         NoiseSchedule.q_sample(start, noise, ab[timesteps[0]])
     sites = torch.full((n,), int(site), dtype=torch.long, device=src.device)
+    guided = sampler.source_guidance > 0 and source_site is not None and source_site != site
+    away = torch.full_like(sites, int(source_site)) if guided else None
     x0 = x
     for i, t in enumerate(timesteps):
         tt = torch.full((n,), t, dtype=torch.long, device=src.device)
         out = model(x, tt, sites, cond, src)
+        if guided:
+            out = away_from(out, model(x, tt, away, cond, src), sampler.source_guidance)
         x0, eps = NoiseSchedule.x0_eps_from(config.prediction, out, x, ab[t])
         if i + 1 < len(timesteps):
             x = ddim_step(x0, eps, ab[timesteps[i + 1]], eta=sampler.eta, ab_t=ab[t],

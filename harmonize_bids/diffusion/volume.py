@@ -41,8 +41,12 @@ def batch_size_for(mem_mb: int | None, slice_shape: tuple[int, int], channels: i
 def harmonize_volume(model: HarmonizationModel, volume: np.ndarray, mask: np.ndarray,
                      site: int, sampler: SamplerSettings = SamplerSettings(), *, seed: int = 0,
                      device: str = "cpu", max_batch: int = 32, level: bool = True,
-                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                     progress: Callable[[int, int], None] | None = None,
+                     source_site: int | None = None) -> np.ndarray:
     """Harmonized copy of ``volume`` (same shape, zero outside ``mask``).
+
+    ``source_site``: the model's site the guidance of ``sampler.source_guidance``
+    pushes away from (see :func:`~harmonize_bids.diffusion.sampler.harmonize_slices`).
 
     ``level``: remove the slice-to-slice jumps in intensity level
     (:func:`~harmonize_bids.postprocess.level_slices`).
@@ -65,7 +69,8 @@ def harmonize_volume(model: HarmonizationModel, volume: np.ndarray, mask: np.nda
     for start in range(0, len(has_brain), max_batch):
         idx = has_brain[start:start + max_batch]
         src = torch.from_numpy(stacks[idx]).to(device)
-        res = harmonize_slices(model, src, site, sampler, noise=noise.to(device))
+        res = harmonize_slices(model, src, site, sampler, noise=noise.to(device),
+                               source_site=source_site)
         out[:, :, idx] = np.moveaxis(res[:, 0].cpu().numpy(), 0, -1)
         done += len(idx)
         if progress:

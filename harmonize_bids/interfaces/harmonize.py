@@ -116,8 +116,12 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
             last[0] = time.monotonic()
             log(f"harmonizing: {done}/{total} slices")
 
+    away = guidance_site(model.config, source_site, low, low_mask, log) \
+        if sampler.source_guidance else None
     harmonized = harmonize_volume(model, low, low_mask, site, sampler, seed=seed, device=device,
-                                  max_batch=batch, level=level_slices, progress=progress)
+                                  max_batch=batch, level=level_slices, progress=progress,
+                                  source_site=None if away is None
+                                  else model.config.site_index(away))
     matched = subject_kept = False
     reference = "model"
     if statistics is not None:
@@ -147,6 +151,7 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
         "ModelSHA256": file_sha256(model_file),
         "ModelSites": list(model.config.sites),
         **sampler.metadata(),
+        **({"SourceSiteGuidanceAwayFrom": away} if away is not None else {}),
         "SliceLevelsEqualized": bool(level_slices),
         "TissueIntensitiesMatched": matched,
         **({"TissueIntensityLandmarks": match_intensities,
@@ -157,6 +162,29 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
         "ModelVoxelSize": model.config.voxel_mm,
         "HarmonizationSeconds": round(time.monotonic() - started, 1),
     }
+
+
+def guidance_site(config, source_site: str | None, image: np.ndarray, mask: np.ndarray,
+                  log=print) -> str | None:
+    """The model's site that source-site guidance pushes away from: the scan's own site when
+    the model knows it, else the site whose stored tissue landmarks look most like the
+    scan's (:func:`~harmonize_bids.site_intensity.nearest_site`), else None (unguided)."""
+    from harmonize_bids.site_intensity import nearest_site, tissue_landmarks
+
+    if source_site in config.sites:
+        return source_site
+    if not config.site_landmarks:
+        log("source-site guidance skipped: the model knows neither the scan's site nor "
+            "any site's tissue intensities")
+        return None
+    try:
+        nearest = nearest_site(config.site_landmarks, tissue_landmarks(image, mask))
+    except ValueError as err:
+        log(f"source-site guidance skipped ({err})")
+        return None
+    log(f"source site {source_site or '(unknown)'!r} is not one the model knows: guided "
+        f"away from '{nearest}', the site whose tissue intensities look most like it")
+    return nearest
 
 
 def keep_std_image(std_file: Path, mask_file: Path, target_site: str,
@@ -186,10 +214,8 @@ class _HarmonizeInputSpec(BaseInterfaceInputSpec):
     mask_file = File(exists=True, mandatory=True)
     model_file = File(exists=True, mandatory=True)
     target_site = traits.Str(mandatory=True)
-    steps = traits.Int(SamplerSettings.steps, usedefault=True)
-    strength = traits.Float(SamplerSettings.strength, usedefault=True)
-    stop_at = traits.Float(SamplerSettings.stop, usedefault=True)
-    samples = traits.Int(SamplerSettings.samples, usedefault=True)
+    sampler = traits.Dict(desc="the skip sampler's settings (SamplerSettings fields; "
+                               "those left out take their defaults)")
     match_intensities = traits.Enum("none", *SCHEMES, usedefault=True,
                                     desc="map the output's tissue intensity landmarks onto "
                                          "the target site's (site_intensity.SCHEMES)")
@@ -231,8 +257,7 @@ class Harmonize(SimpleInterface):
         meta = harmonize_std_image(
             Path(self.inputs.in_file), Path(self.inputs.mask_file), Path(self.inputs.model_file),
             self.inputs.target_site, out,
-            SamplerSettings(steps=self.inputs.steps, strength=self.inputs.strength,
-                            stop=self.inputs.stop_at, samples=self.inputs.samples),
+            SamplerSettings(**(self.inputs.sampler if isdefined(self.inputs.sampler) else {})),
             seed=self.inputs.random_seed,
             device=self.inputs.device, mem_mb=self.inputs.mem_mb or None,
             num_threads=self.inputs.num_threads,

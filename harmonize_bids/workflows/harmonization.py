@@ -1,6 +1,7 @@
 """Harmonization after preprocessing: model in template space, then back to T1w."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from nipype.interfaces import utility as niu
@@ -40,6 +41,8 @@ def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSet
            "clean-image estimate" if sampler.stop else "")
         + (f"; the mean of {sampler.samples} chains from independent initial noise"
            if sampler.samples > 1 else "")
+        + (f"; each step pushed away from the model's prediction for the source's site "
+           f"with weight {sampler.source_guidance:g}" if sampler.source_guidance else "")
         + ")"
         + (", its slice-to-slice jumps in overall intensity were removed against a linear "
            "intensity map of the source" if level_slices else "")
@@ -55,8 +58,8 @@ def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSet
     outputnode = pe.Node(niu.IdentityInterface(fields=["std_harmonized", "harmonized",
                                                        "metadata"]), name="outputnode")
     harmonize = pe.Node(Harmonize(
-        model_file=str(model_file), target_site=target_site, steps=sampler.steps,
-        strength=sampler.strength, stop_at=sampler.stop, samples=sampler.samples,
+        model_file=str(model_file), target_site=target_site,
+        sampler=dataclasses.asdict(sampler),
         match_intensities=match_intensities, level_slices=level_slices,
         random_seed=random_seed, keep_source=keep_source,
         source_site=source_site or "",
