@@ -157,7 +157,8 @@ def write_report(output_dir: Path, subject: str, records: list, template_brain: 
         if harm.is_file() and std.is_file():
             side = _sidecar(harm)
             keys = ("Site", "TargetSite", "HarmonizationApplied", "HarmonizationNote", "Steps",
-                    "Strength", "StopAt", "Samples", "SliceLevelsEqualized",
+                    "Strength", "StopAt", "Samples", "SourceSiteGuidance",
+                    "SourceSiteGuidanceAwayFrom", "SliceLevelsEqualized",
                     "TissueIntensitiesMatched", "TissueIntensityLandmarks",
                     "TissueIntensitiesSubjectKept", "TissueIntensityReference", "RandomSeed",
                     "Device", "ModelSHA256")
