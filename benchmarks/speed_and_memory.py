@@ -64,8 +64,10 @@ n_slices = int((mask.sum(axis=(0, 1)) > 0).sum())
 harmonize_volume(model, vol, mask, 0, SamplerSettings(steps=1), device=device)  # warm-up
 if device == "cuda": torch.cuda.synchronize()
 t0 = time.perf_counter()
+# the source is ge15tspgr: source-site guidance (when the default has it) runs as in the app
 harmonize_volume(model, vol, mask, model.config.site_index("siemens3tmprage"),
-                 SamplerSettings(steps=steps), device=device)
+                 SamplerSettings(steps=steps), device=device,
+                 source_site=model.config.site_index("ge15tspgr"))
 if device == "cuda": torch.cuda.synchronize()
 sec = time.perf_counter() - t0
 print(json.dumps({"seconds": sec, "slices": n_slices, "shape": list(vol.shape),
