@@ -167,12 +167,13 @@ def matched(image, mask, model, site: str, scheme: str | None, source=None,
     return match_landmarks(image, mask, landmarks)
 
 
-def guidance_site(model, site: str, source, mask) -> int:
-    """The index of the model's site source-site guidance pushes away from, chosen as the
-    participant level does (``interfaces.harmonize.guidance_site``)."""
+def guidance_site(model, site: str, target: str, source, mask) -> int | None:
+    """The index of the model's site source-site guidance pushes away from (None:
+    unguided), chosen as the participant level does (``interfaces.harmonize.guidance_site``)."""
     from harmonize_bids.interfaces.harmonize import guidance_site as chosen
 
-    return model.config.site_index(chosen(model.config, site, source, mask, log=log))
+    away = chosen(model.config, site, target, source, mask, log=log)
+    return None if away is None else model.config.site_index(away)
 
 
 def dataset_statistics(images, vols, masks, scheme: str):
@@ -372,7 +373,7 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
                     continue
                 src, mask = vols[img.anatomy][img.site], masks[img.anatomy]
                 t0 = time.monotonic()
-                away = guidance_site(model, img.site, src, mask) \
+                away = guidance_site(model, img.site, target, src, mask) \
                     if sampler.source_guidance else None
                 raw = harmonize_volume(model, src, mask, model.config.site_index(target),
                                        sampler, seed=0, level=False, source_site=away)
@@ -462,7 +463,7 @@ def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int,
                 rows[name].append(metrics.compare(out, truth, mask))
             for sm in samplers:  # one chain; each variant's time includes it
                 t0 = time.monotonic()
-                away = guidance_site(model, f"unseen{k}", src, mask) \
+                away = guidance_site(model, f"unseen{k}", IXI, src, mask) \
                     if sm.source_guidance else None
                 raw = harmonize_volume(model, src, mask, site, sm, seed=0, level=False,
                                        source_site=away)

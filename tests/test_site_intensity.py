@@ -557,9 +557,14 @@ def test_source_site_guidance_pushes_away_from_the_scans_site_or_its_nearest_sta
     assert any("'scanner-x' is not one the model knows" in m and "'c'" in m for m in logged)
     meta = run("b", weight=0.0)
     assert "SourceSiteGuidanceAwayFrom" not in meta and seen[-1] is None
-    # a model without tissue landmarks cannot name a stand-in: unguided, and the log says so
+    # the target's own scans, and an unknown site that looks most like the target: unguided
     image, mask = three_tissue_brain()
+    config = ModelConfig(sites=("a", "b", "c"), site_landmarks=landmarks)
+    assert guidance_site(config, "a", "a", image, mask) is None
+    assert guidance_site(config, "scanner-x", "c", image, mask, log=logged.append) is None
+    assert "looks most like the target site 'c' itself" in logged[-1]
+    # a model without tissue landmarks cannot name a stand-in: unguided, and the log says so
     bare = ModelConfig(sites=("a", "b"))
-    assert guidance_site(bare, "b", image, mask) == "b"
-    assert guidance_site(bare, "scanner-x", image, mask, log=logged.append) is None
+    assert guidance_site(bare, "b", "a", image, mask) == "b"
+    assert guidance_site(bare, "scanner-x", "a", image, mask, log=logged.append) is None
     assert "source-site guidance skipped" in logged[-1]

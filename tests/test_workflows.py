@@ -89,8 +89,9 @@ def test_harmonize_options_reach_the_harmonize_node(synthetic_bids, tmp_path):
                                    level_slices=level)
         wf = init_harmonize_bids_wf(records=records, output_dir=tmp_path, omp_nthreads=1,
                                     sloppy=True, random_seed=0, harmonize=options)
-        node = wf.get_node(workflow_name(records[0])).get_node("harmonize_wf").get_node(
-            "harmonize")
+        harmonize_wf = wf.get_node(workflow_name(records[0])).get_node("harmonize_wf")
+        assert "away from the model's prediction for the source's site" in harmonize_wf.__desc__
+        node = harmonize_wf.get_node("harmonize")
         assert node.inputs.level_slices is level
         assert node.inputs.match_intensities == "deciles"
         assert SamplerSettings(**node.inputs.sampler) == SamplerSettings(

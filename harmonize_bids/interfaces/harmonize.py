@@ -116,7 +116,7 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
             last[0] = time.monotonic()
             log(f"harmonizing: {done}/{total} slices")
 
-    away = guidance_site(model.config, source_site, low, low_mask, log) \
+    away = guidance_site(model.config, source_site, target_site, low, low_mask, log) \
         if sampler.source_guidance else None
     harmonized = harmonize_volume(model, low, low_mask, site, sampler, seed=seed, device=device,
                                   max_batch=batch, level=level_slices, progress=progress,
@@ -164,15 +164,16 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
     }
 
 
-def guidance_site(config, source_site: str | None, image: np.ndarray, mask: np.ndarray,
-                  log=print) -> str | None:
+def guidance_site(config, source_site: str | None, target_site: str, image: np.ndarray,
+                  mask: np.ndarray, log=print) -> str | None:
     """The model's site that source-site guidance pushes away from: the scan's own site when
     the model knows it, else the site whose stored tissue landmarks look most like the
-    scan's (:func:`~harmonize_bids.site_intensity.nearest_site`), else None (unguided)."""
+    scan's (:func:`~harmonize_bids.site_intensity.nearest_site`); None (unguided) when
+    that is the target site itself or there is none."""
     from harmonize_bids.site_intensity import nearest_site, tissue_landmarks
 
     if source_site in config.sites:
-        return source_site
+        return None if source_site == target_site else source_site
     if not config.site_landmarks:
         log("source-site guidance skipped: the model knows neither the scan's site nor "
             "any site's tissue intensities")
@@ -182,8 +183,13 @@ def guidance_site(config, source_site: str | None, image: np.ndarray, mask: np.n
     except ValueError as err:
         log(f"source-site guidance skipped ({err})")
         return None
-    log(f"source site {source_site or '(unknown)'!r} is not one the model knows: guided "
-        f"away from '{nearest}', the site whose tissue intensities look most like it")
+    unknown = f"source site {source_site or '(unknown)'!r} is not one the model knows"
+    if nearest == target_site:
+        log(f"{unknown} and looks most like the target site '{target_site}' itself: "
+            "no source-site guidance")
+        return None
+    log(f"{unknown}: guided away from '{nearest}', the site whose tissue intensities look "
+        "most like it")
     return nearest
 
 
