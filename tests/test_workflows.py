@@ -83,7 +83,7 @@ def test_harmonize_options_reach_the_harmonize_node(synthetic_bids, tmp_path):
     model = tmp_path / "m.safetensors"
     model.write_bytes(b"")  # the node only checks that the file exists
     for level in (True, False):
-        options = HarmonizeOptions(model_file=model, target_site="siteA",
+        options = HarmonizeOptions(model_file=model, target_site="siteB",  # sub-01 is at siteA
                                    sampler=SamplerSettings(steps=3, source_guidance=0.5),
                                    match_intensities="deciles",
                                    level_slices=level)
