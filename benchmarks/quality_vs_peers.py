@@ -563,10 +563,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, nargs="+", default=[SamplerSettings.samples],
                         help="averaged chains (SamplerSettings.samples); every steps x stop x "
                              "samples is run")
-    parser.add_argument("--source-guidance", type=float, nargs="+", default=[0.0],
+    parser.add_argument("--source-guidance", type=float, nargs="+",
+                        default=[SamplerSettings.source_guidance],
                         help="guidance away from the source's site (SamplerSettings."
-                             "source_guidance; an unseen source: the nearest site by tissue "
-                             "landmarks); every value is run")
+                             "source_guidance; an unseen source: the known site nearest in "
+                             "tissue contrast, none when that is the target); every value "
+                             "is run")
     parser.add_argument("--targets", nargs="+", default=["siemens3tmprage", "ge15tspgr"])
     parser.add_argument("--n-test", type=int, default=4, help="held-out label maps")
     parser.add_argument("--n-anatomies", type=int, default=None,
