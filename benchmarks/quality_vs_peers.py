@@ -167,12 +167,12 @@ def matched(image, mask, model, site: str, scheme: str | None, source=None,
     return match_landmarks(image, mask, landmarks)
 
 
-def guidance_site(model, site: str, target: str, source, mask) -> int | None:
+def guidance_site(model, site: str, target: str) -> int | None:
     """The index of the model's site source-site guidance pushes away from (None:
     unguided), chosen as the participant level does (``interfaces.harmonize.guidance_site``)."""
     from harmonize_bids.interfaces.harmonize import guidance_site as chosen
 
-    away = chosen(model.config, site, target, source, mask, log=log)
+    away = chosen(model.config, site, target, log=log)
     return None if away is None else model.config.site_index(away)
 
 
@@ -373,7 +373,7 @@ def simulated_track(model, card, targets, samplers, out: Path, n_test: int,
                     continue
                 src, mask = vols[img.anatomy][img.site], masks[img.anatomy]
                 t0 = time.monotonic()
-                away = guidance_site(model, img.site, target, src, mask) \
+                away = guidance_site(model, img.site, target) \
                     if sampler.source_guidance else None
                 raw = harmonize_volume(model, src, mask, model.config.site_index(target),
                                        sampler, seed=0, level=False, source_site=away)
@@ -463,7 +463,7 @@ def ixi_track(model, card, ixi_derivatives: Path, samplers, n_shifts: int,
                 rows[name].append(metrics.compare(out, truth, mask))
             for sm in samplers:  # one chain; each variant's time includes it
                 t0 = time.monotonic()
-                away = guidance_site(model, f"unseen{k}", IXI, src, mask) \
+                away = guidance_site(model, f"unseen{k}", IXI) \
                     if sm.source_guidance else None
                 raw = harmonize_volume(model, src, mask, site, sm, seed=0, level=False,
                                        source_site=away)
@@ -566,9 +566,8 @@ def main() -> None:
     parser.add_argument("--source-guidance", type=float, nargs="+",
                         default=[SamplerSettings.source_guidance],
                         help="guidance away from the source's site (SamplerSettings."
-                             "source_guidance; an unseen source: the known site nearest in "
-                             "tissue contrast, none when that is the target); every value "
-                             "is run")
+                             "source_guidance; an unseen source runs unguided, as at the "
+                             "participant level); every value is run")
     parser.add_argument("--targets", nargs="+", default=["siemens3tmprage", "ge15tspgr"])
     parser.add_argument("--n-test", type=int, default=4, help="held-out label maps")
     parser.add_argument("--n-anatomies", type=int, default=None,

@@ -440,29 +440,6 @@ def scan_target_landmarks(target: np.ndarray, statistics: Mapping[str, SiteLandm
         return plain(str(err))
 
 
-def nearest_site(site_landmarks: Mapping[str, Sequence[float]], own: Sequence[float]) -> str:
-    """The site whose stored landmarks look most like one scan's ``own``: the smallest
-    distance between their CSF and GM medians in white-matter-median units (the scan's
-    tissue contrast; its overall scale does not count).
-
-    What source-site guidance pushes away from when the source's site is not one the
-    model knows.
-
-    >>> sites = {"dark-gm": [0.1, 0.2, 0.5, 1.0, 1.2], "bright-gm": [0.1, 0.3, 0.8, 1.0, 1.2]}
-    >>> nearest_site(sites, [0.4, 0.5, 1.4, 2.0, 2.3])
-    'bright-gm'
-    """
-    if not site_landmarks:
-        raise ValueError("no site landmarks to compare with")
-
-    def contrast(landmarks):
-        return in_wm_units(coarsen(landmarks, 1))[1:3]
-
-    mine = contrast(own)
-    return min(site_landmarks,
-               key=lambda site: float(np.sum((contrast(site_landmarks[site]) - mine) ** 2)))
-
-
 def finest_scheme(config, target_site: str) -> str:
     """The finest scheme the model stores landmarks for ``target_site`` in, or ``'none'``.
 

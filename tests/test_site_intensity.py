@@ -522,11 +522,10 @@ def test_harmonize_step_keeps_the_subject_part_with_the_dataset_site_landmarks(
         run("refused.nii.gz", source_site="a", site_landmarks=tmp_path / "sites2mm.json")
 
 
-def test_source_site_guidance_pushes_away_from_the_scans_site_or_its_nearest_stand_in(
-        tmp_path, monkeypatch):
+def test_source_site_guidance_pushes_away_from_the_scans_own_site_only(tmp_path, monkeypatch):
     """--source-guidance: the model runs guided away from the scan's own site when the model
-    knows it, else from the known site whose tissue contrast is nearest the scan's (said in
-    the log); the sidecar names the site. Off (0): unguided."""
+    knows it; a site it does not know, and the target's own scans, run unguided (the log
+    says why); the sidecar names the site. Off (0): unguided."""
     import harmonize_bids.diffusion.volume as volume
     from harmonize_bids.diffusion.schedule import SamplerSettings
     from harmonize_bids.interfaces.harmonize import guidance_site, harmonize_std_image
@@ -538,7 +537,6 @@ def test_source_site_guidance_pushes_away_from_the_scans_site_or_its_nearest_sta
         return np.where(mask, low, 0)
 
     monkeypatch.setattr(volume, "harmonize_volume", fake_volume)
-    # the toy brain's CSF and GM sit at 1/3 and 2/3 of its WM: like 'c', unlike 'b'
     landmarks = {"a": [0.1, 0.25, 0.55, 1.0, 1.2], "b": [0.1, 0.15, 0.4, 1.0, 1.2],
                  "c": [0.1, 0.33, 0.66, 1.0, 1.1]}
     model_file = write_tiny_model_and_brain(tmp_path, ("a", "b", "c"), landmarks)
@@ -550,21 +548,19 @@ def test_source_site_guidance_pushes_away_from_the_scans_site_or_its_nearest_sta
                                    SamplerSettings(steps=2, source_guidance=weight),
                                    device="cpu", source_site=source_site, log=logged.append)
 
-    assert run("b")["SourceSiteGuidanceAwayFrom"] == "b" and seen[-1] == 1
-    meta = run("scanner-x")
-    assert meta["SourceSiteGuidanceAwayFrom"] == "c" and seen[-1] == 2
+    meta = run("b")
+    assert meta["SourceSiteGuidanceAwayFrom"] == "b" and seen[-1] == 1
     assert meta["SourceSiteGuidance"] == 1.0
-    assert any("'scanner-x' is not one the model knows" in m and "'c'" in m for m in logged)
+    assert run("c")["SourceSiteGuidanceAwayFrom"] == "c" and seen[-1] == 2
+    meta = run("scanner-x")
+    assert "SourceSiteGuidanceAwayFrom" not in meta and seen[-1] is None
+    assert "'scanner-x' is not one the model knows: no source-site guidance" in logged[-1]
     meta = run("b", weight=0.0)
     assert "SourceSiteGuidanceAwayFrom" not in meta and seen[-1] is None
-    # the target's own scans, and an unknown site that looks most like the target: unguided
-    image, mask = three_tissue_brain()
+    meta = run("a")
+    assert "SourceSiteGuidanceAwayFrom" not in meta and seen[-1] is None
     config = ModelConfig(sites=("a", "b", "c"), site_landmarks=landmarks)
-    assert guidance_site(config, "a", "a", image, mask) is None
-    assert guidance_site(config, "scanner-x", "c", image, mask, log=logged.append) is None
-    assert "looks most like the target site 'c' itself" in logged[-1]
-    # a model without tissue landmarks cannot name a stand-in: unguided, and the log says so
-    bare = ModelConfig(sites=("a", "b"))
-    assert guidance_site(bare, "b", "a", image, mask) == "b"
-    assert guidance_site(bare, "scanner-x", "a", image, mask, log=logged.append) is None
-    assert "source-site guidance skipped" in logged[-1]
+    assert guidance_site(config, "a", "a") is None
+    assert guidance_site(config, "b", "a") == "b"
+    assert guidance_site(config, None, "a", log=logged.append) is None
+    assert "'(unknown)'" in logged[-1]

@@ -138,10 +138,10 @@ def _build_parser() -> argparse.ArgumentParser:
                        default=SamplerSettings.source_guidance,
                        help="push every denoising step away from what the model makes of the "
                             "slice for the scan's own site: f(target) + W (f(target) - "
-                            "f(source site)); a site the model does not know stands in by the "
-                            "known site whose tissue intensities look most like the scan's. "
-                            "Moves tissue contrast further towards the target site; doubles "
-                            "the network evaluations. 0: off")
+                            "f(source site)); only for sources whose site the model knows "
+                            "(others, and the target's own scans, run unguided). Moves "
+                            "tissue contrast further towards the target site; doubles the "
+                            "network evaluations. 0: off")
     model.add_argument("--match-intensities", nargs="?", const="medians", default="auto",
                        choices=["auto", "none", *SCHEMES],
                        help="finish each harmonized brain with a monotone intensity map onto "

@@ -116,7 +116,7 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
             last[0] = time.monotonic()
             log(f"harmonizing: {done}/{total} slices")
 
-    away = guidance_site(model.config, source_site, target_site, low, low_mask, log) \
+    away = guidance_site(model.config, source_site, target_site, log) \
         if sampler.source_guidance else None
     harmonized = harmonize_volume(model, low, low_mask, site, sampler, seed=seed, device=device,
                                   max_batch=batch, level=level_slices, progress=progress,
@@ -164,33 +164,19 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
     }
 
 
-def guidance_site(config, source_site: str | None, target_site: str, image: np.ndarray,
-                  mask: np.ndarray, log=print) -> str | None:
+def guidance_site(config, source_site: str | None, target_site: str,
+                  log=print) -> str | None:
     """The model's site that source-site guidance pushes away from: the scan's own site when
-    the model knows it, else the site whose stored tissue landmarks look most like the
-    scan's (:func:`~harmonize_bids.site_intensity.nearest_site`); None (unguided) when
-    that is the target site itself or there is none."""
-    from harmonize_bids.site_intensity import nearest_site, tissue_landmarks
+    the model knows it and it is not the target; None (unguided) otherwise.
 
+    A site the model does not know runs unguided: a stand-in (the known site nearest in
+    tissue contrast) lost 2 dB on real texture from unseen scanners (``docs/model.md``,
+    "Decisions of session 28")."""
     if source_site in config.sites:
         return None if source_site == target_site else source_site
-    if not config.site_landmarks:
-        log("source-site guidance skipped: the model knows neither the scan's site nor "
-            "any site's tissue intensities")
-        return None
-    try:
-        nearest = nearest_site(config.site_landmarks, tissue_landmarks(image, mask))
-    except ValueError as err:
-        log(f"source-site guidance skipped ({err})")
-        return None
-    unknown = f"source site {source_site or '(unknown)'!r} is not one the model knows"
-    if nearest == target_site:
-        log(f"{unknown} and looks most like the target site '{target_site}' itself: "
-            "no source-site guidance")
-        return None
-    log(f"{unknown}: guided away from '{nearest}', the site whose tissue intensities look "
-        "most like it")
-    return nearest
+    log(f"source site {source_site or '(unknown)'!r} is not one the model knows: no "
+        "source-site guidance")
+    return None
 
 
 def keep_std_image(std_file: Path, mask_file: Path, target_site: str,

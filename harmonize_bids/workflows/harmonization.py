@@ -42,7 +42,8 @@ def init_harmonize_wf(*, model_file: Path, target_site: str, sampler: SamplerSet
         + (f"; the mean of {sampler.samples} chains from independent initial noise"
            if sampler.samples > 1 else "")
         + (f"; each step pushed away from the model's prediction for the source's site "
-           f"with weight {sampler.source_guidance:g}" if sampler.source_guidance else "")
+           f"with weight {sampler.source_guidance:g} where the model knows that site"
+           if sampler.source_guidance else "")
         + ")"
         + (", its slice-to-slice jumps in overall intensity were removed against a linear "
            "intensity map of the source" if level_slices else "")
