@@ -33,12 +33,14 @@ def load_model_with_mean_site(path, **kwargs):
     return model, card
 
 
+_app_rule = q.guidance_site
+
+
 def guidance_site(model, site: str, target: str) -> int | None:
-    """The source's own site when the model knows it (None at the target), else the mean row."""
-    sites = model.config.sites
-    if site in sites:
-        return None if site == target else sites.index(site)
-    return len(sites)
+    """The app's rule for a site the model knows; the mean row for one it does not."""
+    if site in model.config.sites:
+        return _app_rule(model, site, target)
+    return len(model.config.sites)
 
 
 if __name__ == "__main__":

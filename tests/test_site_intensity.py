@@ -559,7 +559,7 @@ def test_source_site_guidance_pushes_away_from_the_scans_own_site_only(tmp_path,
     assert "SourceSiteGuidanceAwayFrom" not in meta and seen[-1] is None
     meta = run("a")
     assert "SourceSiteGuidanceAwayFrom" not in meta and seen[-1] is None
-    config = ModelConfig(sites=("a", "b", "c"), site_landmarks=landmarks)
+    config = ModelConfig(sites=("a", "b", "c"))
     assert guidance_site(config, "a", "a") is None
     assert guidance_site(config, "b", "a") == "b"
     assert guidance_site(config, None, "a", log=logged.append) is None

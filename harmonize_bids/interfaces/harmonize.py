@@ -169,9 +169,9 @@ def guidance_site(config, source_site: str | None, target_site: str,
     """The model's site that source-site guidance pushes away from: the scan's own site when
     the model knows it and it is not the target; None (unguided) otherwise.
 
-    A site the model does not know runs unguided: a stand-in (the known site nearest in
-    tissue contrast) lost 2 dB on real texture from unseen scanners (``docs/model.md``,
-    "Decisions of session 28")."""
+    A site the model does not know runs unguided: every stand-in tried (the known site
+    nearest in tissue contrast, the mean site embedding) lost 1-3 dB on real texture from
+    unseen scanners (``docs/model.md``, "Decisions of session 28" and "of session 29")."""
     if source_site in config.sites:
         return None if source_site == target_site else source_site
     log(f"source site {source_site or '(unknown)'!r} is not one the model knows: no "
