@@ -52,7 +52,7 @@ def confusion(out_dir: Path, method: str, target: str, n_splits: int = 4):
     from harmonize_bids import metrics
 
     volumes, masks, sites = sent_to(out_dir, method, target)
-    features = metrics._histogram_features(volumes, masks, 32)
+    features = metrics.site_histogram_features(volumes, masks, 32)
     cv = StratifiedKFold(n_splits, shuffle=True, random_state=0)
     predicted = cross_val_predict(metrics.site_classifier(), features, sites, cv=cv)
     labels = sorted(set(sites))

@@ -111,7 +111,7 @@ def method_features(out_dir: Path, method: str, target: str):
     from site_confusion import sent_pairs, load
 
     pairs = sent_pairs(out_dir, method, target)
-    feats = metrics._histogram_features([load(p) for _, p, _ in pairs],
+    feats = metrics.site_histogram_features([load(p) for _, p, _ in pairs],
                                         [load(t.brain_mask) > 0 for _, _, t in pairs], 32)
     return {(img.anatomy, img.site): f for (img, _, _), f in zip(pairs, feats)}
 

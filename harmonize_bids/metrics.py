@@ -49,6 +49,7 @@ __all__ = [
     "tissue_dice",
     "flicker",
     "slice_jumps",
+    "site_histogram_features",
     "site_predictability",
     "compare",
 ]
@@ -524,9 +525,12 @@ def slice_jumps(
 # --------------------------------------------------------------------------- #
 # site effect remaining
 # --------------------------------------------------------------------------- #
-def _histogram_features(
-    images: Sequence[ArrayLike], masks: Sequence[ArrayLike], n_bins: int
+def site_histogram_features(
+    images: Sequence[ArrayLike], masks: Sequence[ArrayLike], n_bins: int = 32
 ) -> NDArray[np.float64]:
+    """What :func:`site_predictability` classifies: one row per image, the density
+    histogram (``n_bins`` bins on ``[0, 1.2]``) of its robust-normalized in-mask
+    intensities clipped to ``[0, 1.2]``."""
     feats = []
     for i, (img, msk) in enumerate(zip(images, masks)):
         x = _as_image(img, f"images[{i}]")
@@ -627,7 +631,7 @@ def site_predictability(
         small = [str(s) for s, c in zip(uniq, counts) if c < 2]
         raise ValueError(f"every site needs at least 2 images; too few for: {small}")
 
-    features = _histogram_features(images, masks, int(n_bins))
+    features = site_histogram_features(images, masks, int(n_bins))
     accuracy, accuracy_sd = repeated_site_accuracy(features, labels, n_splits, random_state,
                                                    n_repeats)
     return {

@@ -379,6 +379,20 @@ def test_site_predictability_averages_repeated_splits():
         M.site_predictability(images, masks, sites, n_repeats=0)
 
 
+def test_site_histogram_features_are_in_mask_densities():
+    """One density histogram per image, of the masked voxels only, on [0, 1.2]."""
+    rng = np.random.default_rng(5)
+    images, masks = _site_images(rng, 3)
+    masks = [m.copy() for m in masks]
+    masks[1][:4] = False
+    images[1][:4] = 1e6  # outside the mask: must not count
+    feats = M.site_histogram_features(images, masks, n_bins=12)
+    assert feats.shape == (3, 12)
+    np.testing.assert_allclose(feats.sum(axis=1) * (1.2 / 12), 1.0)
+    inside = M.site_histogram_features([images[1][4:]], [masks[1][4:]], n_bins=12)
+    np.testing.assert_allclose(feats[1], inside[0])
+
+
 def test_repeated_site_accuracy_on_any_features():
     """Separable features are told apart in every split; shuffled labels are not."""
     rng = np.random.default_rng(4)
