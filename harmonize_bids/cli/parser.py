@@ -120,7 +120,9 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="denoising steps of the skip sampler (network evaluations)")
     model.add_argument("--strength", type=_strength, default=SamplerSettings.strength,
                        help="1: start from pure noise; <1: start from the noised source "
-                            "(keeps more of the source, fewer noise levels to cross)")
+                            "(keeps more of the source: 0.7-0.8 came 0.3-0.5 dB closer to "
+                            "the true target image, but the source site showed a little "
+                            "more)")
     model.add_argument("--stop-at", type=_stop_at, default=SamplerSettings.stop,
                        metavar="FRACTION",
                        help="end the chain at this fraction of the noise schedule and return "
