@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from results_file import write_results  # noqa: E402
 
 
-def grouped_site_accuracy(features: np.ndarray, sites: Sequence, groups: Sequence,
-                          splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+def split_accuracy(features: np.ndarray, sites: Sequence,
+                   splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
     """Mean accuracy of ``metrics.site_classifier`` over the given (train, test) splits."""
     from harmonize_bids import metrics
 
@@ -84,8 +84,8 @@ def paired_difference(features_a: np.ndarray, features_b: np.ndarray, sites: Seq
     if fa.shape[0] != fb.shape[0] or fa.shape[0] != sites.size or sites.size != anatomies.size:
         raise ValueError("features_a, features_b, sites and anatomies must have as many rows")
     splits = _splits(sites, anatomies, n_splits, n_repeats, seed)
-    a = grouped_site_accuracy(fa, sites, anatomies, splits)
-    b = grouped_site_accuracy(fb, sites, anatomies, splits)
+    a = split_accuracy(fa, sites, splits)
+    b = split_accuracy(fb, sites, splits)
     rng = np.random.default_rng(seed)
     unique = np.unique(anatomies)
     rows_of = {u: np.flatnonzero(anatomies == u) for u in unique}
@@ -97,8 +97,8 @@ def paired_difference(features_a: np.ndarray, features_b: np.ndarray, sites: Seq
         rows = np.concatenate([rows_of[u] for u in drawn])
         groups = anatomies[rows]  # an anatomy drawn twice stays in one fold
         s = _splits(sites[rows], groups, n_splits, n_repeats, seed + 1000 * (i + 1))
-        diffs.append(grouped_site_accuracy(fb[rows], sites[rows], groups, s)
-                     - grouped_site_accuracy(fa[rows], sites[rows], groups, s))
+        diffs.append(split_accuracy(fb[rows], sites[rows], s)
+                     - split_accuracy(fa[rows], sites[rows], s))
     diffs = np.asarray(diffs)
     return {"a": a, "b": b, "difference": b - a,
             "low": float(np.percentile(diffs, 2.5)), "high": float(np.percentile(diffs, 97.5)),
