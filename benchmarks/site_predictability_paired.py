@@ -32,18 +32,18 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from results_file import write_results  # noqa: E402
 
+FOLDS = 4  # grouped folds per repeat: 8 test anatomies give 2 per fold
+
 
 def split_accuracy(features: np.ndarray, sites: Sequence,
                    splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
     """Mean accuracy of ``metrics.site_classifier`` over the given (train, test) splits."""
+    from sklearn.model_selection import cross_val_score
+
     from harmonize_bids import metrics
 
-    sites = np.asarray(sites)
-    scores = []
-    for train, test in splits:
-        clf = metrics.site_classifier().fit(features[train], sites[train])
-        scores.append(float(np.mean(clf.predict(features[test]) == sites[test])))
-    return float(np.mean(scores))
+    return float(np.mean(cross_val_score(metrics.site_classifier(), features,
+                                         np.asarray(sites), scoring="accuracy", cv=splits)))
 
 
 def _splits(sites: np.ndarray, groups: np.ndarray, n_splits: int, n_repeats: int,
@@ -59,7 +59,7 @@ def _splits(sites: np.ndarray, groups: np.ndarray, n_splits: int, n_repeats: int
 
 
 def paired_difference(features_a: np.ndarray, features_b: np.ndarray, sites: Sequence,
-                      anatomies: Sequence, n_boot: int = 200, n_splits: int = 4,
+                      anatomies: Sequence, n_boot: int = 200, n_splits: int = FOLDS,
                       n_repeats: int = 5, seed: int = 0) -> dict[str, float]:
     """Site predictability of B minus that of A, with an anatomy bootstrap.
 
@@ -112,7 +112,7 @@ def method_features(out_dir: Path, method: str, target: str):
 
     pairs = sent_pairs(out_dir, method, target)
     feats = metrics.site_histogram_features([load(p) for _, p, _ in pairs],
-                                        [load(t.brain_mask) > 0 for _, _, t in pairs], 32)
+                                            [load(t.brain_mask) > 0 for _, _, t in pairs])
     return {(img.anatomy, img.site): f for (img, _, _), f in zip(pairs, feats)}
 
 
@@ -144,7 +144,7 @@ def main() -> None:
                     f"{res['difference']:+.2f} [{res['low']:+.2f}, {res['high']:+.2f}] | "
                     f"{res['p_b_lower']:.2f} |")
     details = (f"A = `{a}`, B = `{b}` (folders in `{args.out_dir}`); grouped cross-validated "
-               f"site accuracy (4 folds by anatomy x {args.repeats} repeats), {args.boot} "
+               f"site accuracy ({FOLDS} folds by anatomy x {args.repeats} repeats), {args.boot} "
                "anatomy resamples; lower is better.")
     write_results(args.results, "Site predictability, paired: B against A", sys.argv,
                   details, "\n".join(rows))
