@@ -551,30 +551,58 @@ def site_classifier():
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
 
 
+def site_splits(
+    sites: Sequence[Any],
+    n_splits: int = 5,
+    random_state: int = 0,
+    groups: Sequence[Any] | None = None,
+):
+    """The cross-validation :func:`repeated_site_accuracy` uses for one repeat.
+
+    Without ``groups``: ``StratifiedKFold(n_splits=min(n_splits, smallest site
+    count), shuffle=True)``.  With ``groups`` (the subject each image shows, e.g. the
+    label map a traveling subject was rendered from): ``StratifiedGroupKFold`` with
+    ``min(n_splits, number of subjects)`` folds, so a subject's images are never on
+    both sides of a split and the classifier is scored on people it never saw.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    labels = np.asarray(sites)
+    if groups is None:
+        folds = int(min(n_splits, np.unique(labels, return_counts=True)[1].min()))
+        return StratifiedKFold(n_splits=folds, shuffle=True, random_state=int(random_state))
+    n_groups = np.unique(np.asarray(groups)).size
+    if n_groups < 2:
+        raise ValueError(f"grouped folds need at least 2 subjects, got {n_groups}")
+    return StratifiedGroupKFold(n_splits=int(min(n_splits, n_groups)), shuffle=True,
+                                random_state=int(random_state))
+
+
 def repeated_site_accuracy(
     features: ArrayLike,
     sites: Sequence[Any],
     n_splits: int = 5,
     random_state: int = 0,
     n_repeats: int = 10,
+    groups: Sequence[Any] | None = None,
 ) -> tuple[float, float]:
     """(mean, sd) over ``n_repeats`` of the cross-validated accuracy of
     :func:`site_classifier` telling ``sites`` from ``features`` (one row per image).
 
-    Each repeat is ``StratifiedKFold(n_splits=min(n_splits, smallest site count),
-    shuffle=True, random_state=random_state + r)``; :func:`site_predictability`
-    scores its histograms with it, and benchmarks can score other features (e.g.
-    tissue fractions) the same way.  Needs every site at least twice.
+    Repeat ``r`` splits with :func:`site_splits` (``random_state + r``): plain
+    stratified folds, or folds grouped by subject when ``groups`` is given.
+    :func:`site_predictability` scores its histograms with it, and benchmarks can
+    score other features (e.g. tissue fractions) the same way.  Needs every site at
+    least twice.
     """
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.model_selection import cross_val_score
 
     labels = np.asarray(sites)
-    folds = int(min(n_splits, np.unique(labels, return_counts=True)[1].min()))
+    x = np.asarray(features, dtype=np.float64)
     repeats = [
         float(np.mean(cross_val_score(
-            site_classifier(), np.asarray(features, dtype=np.float64), labels,
-            scoring="accuracy",
-            cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=int(random_state) + r))))
+            site_classifier(), x, labels, scoring="accuracy", groups=groups,
+            cv=site_splits(labels, n_splits, int(random_state) + r, groups))))
         for r in range(int(n_repeats))
     ]
     return float(np.mean(repeats)), float(np.std(repeats))
@@ -588,6 +616,7 @@ def site_predictability(
     n_splits: int = 5,
     random_state: int = 0,
     n_repeats: int = 10,
+    groups: Sequence[Any] | None = None,
 ) -> dict[str, float | int]:
     """How well the acquisition site can be predicted from intensity histograms.
 
@@ -601,22 +630,30 @@ def site_predictability(
     moved it by up to 0.25), so the splits are repeated and averaged.  After
     good harmonization ``accuracy`` should approach ``chance = 1 / n_sites``.
 
+    ``groups`` names the subject in each image (traveling subjects: the same person
+    at several sites).  With it the folds keep a subject's images together
+    (:func:`site_splits`), so the classifier is asked about people it never saw, as
+    a new study's scans would be; without it an image's own anatomy at other sites
+    is in the training folds and the score can read lower than the site effect a
+    new subject shows (session 31, ``docs/model.md``).
+
     Returns
     -------
     dict with ``"accuracy"``, ``"accuracy_sd"`` (standard deviation of the
     repeats' accuracies: how much the split alone moves it), ``"chance"``,
-    ``"n_images"``, ``"n_sites"``, ``"n_repeats"``.
+    ``"n_images"``, ``"n_sites"``, ``"n_repeats"``, ``"grouped"`` (whether the folds
+    were grouped by subject).
 
     Raises
     ------
     ValueError
-        Mismatched lengths, fewer than 2 sites, or a site with fewer than 2 images.
+        Mismatched lengths, fewer than 2 sites, a site with fewer than 2 images, or
+        ``groups`` with fewer than 2 subjects.
     """
     n = len(images)
-    if len(masks) != n or len(sites) != n:
-        raise ValueError(
-            f"images, masks and sites must have the same length ({n}, {len(masks)}, {len(sites)})"
-        )
+    if len(masks) != n or len(sites) != n or (groups is not None and len(groups) != n):
+        lengths = (n, len(masks), len(sites)) + (() if groups is None else (len(groups),))
+        raise ValueError(f"images, masks, sites (and groups) must have the same length {lengths}")
     if int(n_bins) < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
     if int(n_splits) < 2:
@@ -633,7 +670,7 @@ def site_predictability(
 
     features = site_histogram_features(images, masks, int(n_bins))
     accuracy, accuracy_sd = repeated_site_accuracy(features, labels, n_splits, random_state,
-                                                   n_repeats)
+                                                   n_repeats, groups)
     return {
         "accuracy": accuracy,
         "accuracy_sd": accuracy_sd,
@@ -641,6 +678,7 @@ def site_predictability(
         "n_images": n,
         "n_sites": int(uniq.size),
         "n_repeats": int(n_repeats),
+        "grouped": groups is not None,
     }
 
 

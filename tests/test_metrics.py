@@ -404,6 +404,37 @@ def test_repeated_site_accuracy_on_any_features():
     assert accuracy < 0.6 and sd >= 0.0
 
 
+def test_site_splits_grouped_keep_a_subject_on_one_side():
+    """Grouped folds: no subject's images on both sides, every site in every test fold."""
+    subjects = np.repeat(["s1", "s2", "s3", "s4", "s5"], 3)
+    sites = np.tile(["A", "B", "C"], 5)
+    cv = M.site_splits(sites, n_splits=4, random_state=1, groups=subjects)
+    splits = list(cv.split(np.zeros(sites.size), sites, subjects))
+    assert len(splits) == 4
+    for train, test in splits:
+        assert not set(subjects[train]) & set(subjects[test])
+        assert set(sites[test]) == {"A", "B", "C"}
+    assert len(list(M.site_splits(sites, n_splits=9, groups=subjects)
+                    .split(np.zeros(sites.size), sites, subjects))) == 5  # one per subject
+    with pytest.raises(ValueError, match="2 subjects"):
+        M.site_splits(sites, groups=["s1"] * sites.size)
+
+
+def test_site_predictability_with_groups():
+    """The gamma site effect is found by subject-grouped folds too; the flag says which."""
+    rng = np.random.default_rng(0)
+    a, ma = _site_images(rng, 12, gamma=1.0)
+    b, mb = _site_images(rng, 12, gamma=2.0)
+    subjects = [f"s{k}" for k in range(12)] * 2
+    res = M.site_predictability(a + b, ma + mb, ["A"] * 12 + ["B"] * 12, groups=subjects,
+                                n_repeats=3)
+    assert res["accuracy"] >= 0.95 and res["grouped"]
+    plain = M.site_predictability(a + b, ma + mb, ["A"] * 12 + ["B"] * 12, n_repeats=3)
+    assert not plain["grouped"]
+    with pytest.raises(ValueError, match="same length"):
+        M.site_predictability(a + b, ma + mb, ["A"] * 12 + ["B"] * 12, groups=subjects[:5])
+
+
 def test_site_predictability_bad_inputs():
     rng = np.random.default_rng(0)
     images, masks = _site_images(rng, 4)
