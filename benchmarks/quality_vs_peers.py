@@ -52,6 +52,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from train_simulated import merge_results, ras_volumes, save_harmonized, subset_dir, to_native  # noqa: E402
 
+from harmonize_bids.simulate.dataset import label_map_of  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 UNSEEN = ["siemens15tlowsnr", "clinical15tthick"]
@@ -301,15 +303,6 @@ def told_apart(out: Path, folder: str, targets: list[str]) -> dict[str, float]:
     from target_site_likeness import method_row
 
     return {t: float(np.mean(list(method_row(out, folder, t)[1].values()))) for t in targets}
-
-
-def label_map_of(anatomy: str) -> str:
-    """The label map a test subject was rendered from (variants are named ``MAP-vK``).
-
-    >>> label_map_of("training_seg_13-v5"), label_map_of("training_seg_14")
-    ('training_seg_13', 'training_seg_14')
-    """
-    return anatomy.split("-v")[0]
 
 
 def held_out_label_maps(card: dict, n_test: int) -> list[str]:
@@ -592,6 +585,9 @@ def main() -> None:
                              "peers' outputs do not depend on the model; "
                              "site_predictability_rescore.py scores ours beside an earlier "
                              "run's peer folders)")
+    parser.add_argument("--no-ours", action="store_true",
+                        help="run only no harmonization and the peers (e.g. to re-score them "
+                             "beside an earlier run's outputs of ours)")
     parser.add_argument("--schemes", nargs="+", default=None,
                         help="score only these landmark schemes beside the sampled output "
                              "(default: every scheme the model stores)")
@@ -610,9 +606,12 @@ def main() -> None:
     model, card = load_model(model_file)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    samplers = [SamplerSettings(steps=st, strength=sg, stop=sp, samples=n, source_guidance=w)
-                for st in args.steps for sg in args.strength for sp in args.stop_at
-                for n in args.samples for w in args.source_guidance]
+    if args.no_ours and args.no_peers:
+        parser.error("--no-ours and --no-peers leave nothing to run")
+    samplers = [] if args.no_ours else [
+        SamplerSettings(steps=st, strength=sg, stop=sp, samples=n, source_guidance=w)
+        for st in args.steps for sg in args.strength for sp in args.stop_at
+        for n in args.samples for w in args.source_guidance]
     matches = match_variants(model, args.targets)
     if args.schemes:
         matches = tuple(m for m in matches if m is None or m in args.schemes)
@@ -649,6 +648,9 @@ def main() -> None:
         "it harmonizes: the bias field is random per scan (docs/simulator.md)",
         "- scores are computed after robust intensity normalization of both images, so "
         "purely linear methods (WhiteStripe, z-score) score like no harmonization by design",
+        "- site predictability: cross-validated with folds grouped by label map (a subject "
+        "and its deformed variants on one side of every split: scored on people the "
+        "classifier never saw; since session 31, plain stratified folds before)",
         "", "## Summary (track A)", "", summary(tables) if tables else "Track A not run "
         "(--tracks)", "",
         "## Track B: real texture, unseen scanners -> ixi-hh", "", ixi_text, "",

@@ -89,8 +89,8 @@ def merge_results(a: dict | None, b: dict) -> dict:
     if a is None:
         return b
     for key in ("pairs", "n", "ceiling", "site_predictability", "site_predictability_sd",
-                "chance"):
-        a[key].update(b[key])
+                "site_predictability_grouped", "chance"):
+        a.setdefault(key, {}).update(b.get(key, {}))
     return a
 
 

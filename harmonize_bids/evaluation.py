@@ -8,7 +8,10 @@ measure how consistent the change is between slices (voxel to voxel, and in
 each slice's overall level).  Beside every score stands the
 **ceiling**: a rescan at the target site (same acquisition, new noise)
 compared with the scan.  ``site_predictability`` asks how well the *source*
-site can still be told from the images sent to one target (chance = 1/sites).
+site can still be told from the images sent to one target (chance = 1/sites), by
+a classifier scored on subjects it never saw: the folds keep every image of one
+label map (a real subject and its deformed variants) together
+(:func:`subject_groups`; since session 31, before that plain stratified folds).
 
 With no harmonized outputs, every image is taken as its own "harmonization"
 (the *no harmonization* baseline): how far apart the sites are to begin with.
@@ -29,7 +32,7 @@ import numpy as np
 
 from harmonize_bids import metrics
 from harmonize_bids.derivatives import derivative_path, sidecar_path
-from harmonize_bids.simulate.dataset import TRUTH_NAME
+from harmonize_bids.simulate.dataset import TRUTH_NAME, label_map_of
 
 METRIC_COLUMNS = ("ssim", "psnr", "mae", "correlation", "wasserstein", "tissue_dice", "flicker",
                   "slice_jumps")
@@ -134,13 +137,22 @@ def harmonized_outputs(images: list[SimulatedImage], derivatives_dir: Path
     return found
 
 
+def subject_groups(images: list[SimulatedImage]) -> list[str] | None:
+    """The subject of each image for site-predictability folds (its label map), or
+    ``None`` when the images show fewer than 2 subjects (too few to group: plain
+    stratified folds, and the result says so)."""
+    groups = [label_map_of(img.anatomy) for img in images]
+    return groups if len(set(groups)) >= 2 else None
+
+
 def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
              progress: Callable[[str], None] = lambda msg: None) -> dict:
     """Scores per (source, target) pair, ceilings per target, site predictability.
 
     Returns ``{"pairs": {(s, t): {metric: mean}}, "ceiling": {t: {metric: mean}},
     "site_predictability": {t: accuracy}, "site_predictability_sd": {t: sd over the
-    classifier's repeated splits}, "chance": {t: 1/n}, "n": {(s, t): n}}``.
+    classifier's repeated splits}, "site_predictability_grouped": {t: whether the
+    folds were grouped by subject}, "chance": {t: 1/n}, "n": {(s, t): n}}``.
     """
     images = read_simulated_dataset(bids_dir)
     by_anatomy: dict[str, dict[str, SimulatedImage]] = defaultdict(dict)
@@ -174,7 +186,7 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
             row["flicker"] = metrics.flicker(source, harmonized, mask, axis=axis)
             row["slice_jumps"] = metrics.slice_jumps(source, harmonized, mask, axis=axis)
         scores[(src.site, target)].append(row)
-        sent[target].append((harmonized, mask, src.site))
+        sent[target].append((harmonized, mask, src))
         progress(f"[{k + 1}/{len(jobs)}] {src.participant} ({src.site}) -> {target}")
 
     ceiling = {}
@@ -185,25 +197,28 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
         if rows:
             ceiling[target] = {m: float(np.mean([r[m] for r in rows])) for m in rows[0]}
 
-    predictability, spread, chance = {}, {}, {}
+    predictability, spread, chance, grouped = {}, {}, {}, {}
     for target, items in sent.items():
         try:
-            res = metrics.site_predictability([i[0] for i in items], [i[1] for i in items],
-                                              [i[2] for i in items])
+            res = metrics.site_predictability(
+                [i[0] for i in items], [i[1] for i in items], [i[2].site for i in items],
+                groups=subject_groups([i[2] for i in items]))
         except ValueError:
             continue
         predictability[target], chance[target] = res["accuracy"], res["chance"]
-        spread[target] = res["accuracy_sd"]
+        spread[target], grouped[target] = res["accuracy_sd"], res["grouped"]
     if derivatives_dir is None:  # one question for the baseline: are raw sites apart?
         try:
             res = metrics.site_predictability([_load(i.t1w) for i in images],
                                               [_load(i.brain_mask) > 0 for i in images],
-                                              [i.site for i in images])
+                                              [i.site for i in images],
+                                              groups=subject_groups(images))
             predictability = {t: res["accuracy"] for t in sites}
             spread = {t: res["accuracy_sd"] for t in sites}
             chance = {t: res["chance"] for t in sites}
+            grouped = {t: res["grouped"] for t in sites}
         except ValueError:  # too few images per site to cross-validate a classifier
-            predictability, spread, chance = {}, {}, {}
+            predictability, spread, chance, grouped = {}, {}, {}, {}
     return {
         "pairs": {key: {m: float(np.mean([r[m] for r in rows])) for m in METRIC_COLUMNS}
                   for key, rows in scores.items()},
@@ -211,6 +226,7 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
         "ceiling": ceiling,
         "site_predictability": predictability,
         "site_predictability_sd": spread,
+        "site_predictability_grouped": grouped,
         "chance": chance,
     }
 
@@ -218,7 +234,7 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
 def format_table(result: dict, method: str) -> str:
     """Markdown table: one row per (source -> target), with the target's rescan ceiling."""
     head = ("| method | source → target | n | SSIM | PSNR (dB) | MAE | corr | W1 | tissue Dice "
-            "| flicker | slice jumps (%) | site pred. ± sd (chance) "
+            "| flicker | slice jumps (%) | site pred. ± sd (chance; * plain folds) "
             "| rescan SSIM / PSNR / Dice |")
     lines = [head, "|" + "---|" * 13]
     for (src, tgt), row in sorted(result["pairs"].items()):
@@ -226,8 +242,9 @@ def format_table(result: dict, method: str) -> str:
         ceil_txt = (f"{ceil['ssim']:.3f} / {ceil['psnr']:.1f} / {ceil['tissue_dice']:.3f}"
                     if ceil else "n/a")
         pred = result["site_predictability"].get(tgt)
+        plain = "" if result.get("site_predictability_grouped", {}).get(tgt, True) else "*"
         pred_txt = (f"{pred:.2f} ± {result['site_predictability_sd'][tgt]:.2f} "
-                    f"({result['chance'][tgt]:.2f})" if pred is not None else "n/a")
+                    f"({result['chance'][tgt]:.2f}{plain})" if pred is not None else "n/a")
         lines.append(
             f"| {method} | {src} → {tgt} | {result['n'][(src, tgt)]} | {row['ssim']:.3f} | "
             f"{row['psnr']:.1f} | {row['mae']:.4f} | {row['correlation']:.3f} | "

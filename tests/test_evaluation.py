@@ -11,6 +11,7 @@ from harmonize_bids.evaluation import (
     evaluate,
     format_table,
     read_simulated_dataset,
+    subject_groups,
 )
 
 
@@ -32,6 +33,18 @@ def test_baseline_scores_every_site_pair_with_ceiling(toy_dataset):
         assert ceiling["psnr"] > result["pairs"][(src, target)]["psnr"]
     table = format_table(result, "no harmonization")
     assert "ge15tspgr → siemens3tmprage" in table and "rescan" in table
+
+
+def test_site_predictability_folds_keep_each_subject_together(toy_dataset):
+    """Folds are grouped by label map: a deformed variant counts as its subject."""
+    images = read_simulated_dataset(toy_dataset)
+    groups = dict(zip((i.anatomy for i in images), subject_groups(images)))
+    assert groups == {"toy_0": "toy_0", "toy_0-v2": "toy_0", "toy_1": "toy_1"}
+    assert subject_groups([i for i in images if i.anatomy != "toy_1"]) is None  # 1 subject
+    result = evaluate(toy_dataset)
+    assert result["site_predictability_grouped"] == {"ge15tspgr": True,
+                                                     "siemens3tmprage": True}
+    assert "(0.50)" in format_table(result, "none")  # grouped: no plain-folds mark
 
 
 def test_perfect_harmonization_scores_perfectly(toy_dataset, tmp_path):

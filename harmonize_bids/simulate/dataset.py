@@ -39,6 +39,16 @@ def participant_label(anatomy_index: int, site_index: int) -> str:
     return f"a{anatomy_index + 1:02d}s{site_index + 1:02d}"
 
 
+def label_map_of(anatomy: str) -> str:
+    """The label map (the real subject) an anatomy was rendered from: variants made by
+    :func:`anatomies` are named ``MAP-vK`` and show the same person deformed.
+
+    >>> label_map_of("training_seg_13-v5"), label_map_of("training_seg_14")
+    ('training_seg_13', 'training_seg_14')
+    """
+    return anatomy.split("-v")[0]
+
+
 def anatomies(label_files: Sequence[Path], n: int, seed: int,
               augment: bool = False) -> list[tuple[str, Callable[[], Anatomy]]]:
     """``n`` anatomy names and loaders: the label maps in turn, then deformed/flipped
