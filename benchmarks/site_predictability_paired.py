@@ -11,10 +11,12 @@ folders in one ``--out-dir``) by resampling the test *anatomies* with replacemen
 resample with the same splits; the spread of the paired difference is the
 uncertainty that matters when choosing between them.
 
-Cross-validation here keeps an anatomy's images in one fold
-(``StratifiedGroupKFold``, groups = anatomies), so an anatomy drawn twice never sits
-on both sides of a split.  The point estimates are therefore a little different
-from the benchmark's (``metrics.site_predictability``, plain stratified folds).
+Cross-validation here keeps a subject's images in one fold (``StratifiedGroupKFold``,
+groups = label maps, as the benchmark's ``evaluate`` does since session 31; session
+30 grouped by anatomy), so an anatomy drawn twice, or a deformed variant of a test
+subject, never sits on the other side of a split.  The resampling unit is still the
+anatomy: variants of one label map share their subject, so the intervals are if
+anything too narrow (the track-A test set holds 4 real subjects).
 
     python benchmarks/site_predictability_paired.py --out-dir /tmp/hb_q22 \\
         --targets ge15tspgr --methods ours_s5_stop0_n2_vigintiles \\
@@ -32,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from results_file import write_results  # noqa: E402
 
-FOLDS = 4  # grouped folds per repeat: 8 test anatomies give 2 per fold
+FOLDS = 4  # grouped folds per repeat: the 4 held-out label maps give one subject per fold
 
 
 def split_accuracy(features: np.ndarray, sites: Sequence,
@@ -60,11 +62,13 @@ def _splits(sites: np.ndarray, groups: np.ndarray, n_splits: int, n_repeats: int
 
 def paired_difference(features_a: np.ndarray, features_b: np.ndarray, sites: Sequence,
                       anatomies: Sequence, n_boot: int = 200, n_splits: int = FOLDS,
-                      n_repeats: int = 5, seed: int = 0) -> dict[str, float]:
+                      n_repeats: int = 5, seed: int = 0,
+                      subjects: Sequence | None = None) -> dict[str, float]:
     """Site predictability of B minus that of A, with an anatomy bootstrap.
 
     ``features_a`` and ``features_b`` hold one row per image, the same images in the
-    same order (``sites`` and ``anatomies`` label the rows).  Returns ``a`` and ``b``
+    same order (``sites`` and ``anatomies`` label the rows; ``subjects``, default the
+    anatomies, group the folds).  Returns ``a`` and ``b``
     (grouped cross-validated accuracy on all images), ``difference`` (b - a) and
     ``low``/``high``, the 2.5 and 97.5 percentiles of the difference over ``n_boot``
     resamples of the anatomies; ``p_b_lower``: the fraction of resamples in which B
@@ -80,10 +84,12 @@ def paired_difference(features_a: np.ndarray, features_b: np.ndarray, sites: Seq
     (True, True, True, 1.0)
     """
     sites, anatomies = np.asarray(sites), np.asarray(anatomies)
+    subjects = anatomies if subjects is None else np.asarray(subjects)
     fa, fb = np.asarray(features_a, float), np.asarray(features_b, float)
-    if fa.shape[0] != fb.shape[0] or fa.shape[0] != sites.size or sites.size != anatomies.size:
-        raise ValueError("features_a, features_b, sites and anatomies must have as many rows")
-    splits = _splits(sites, anatomies, n_splits, n_repeats, seed)
+    if len({fa.shape[0], fb.shape[0], sites.size, anatomies.size, subjects.size}) != 1:
+        raise ValueError("features_a, features_b, sites, anatomies and subjects must have "
+                         "as many rows")
+    splits = _splits(sites, subjects, n_splits, n_repeats, seed)
     a = split_accuracy(fa, sites, splits)
     b = split_accuracy(fb, sites, splits)
     rng = np.random.default_rng(seed)
@@ -92,10 +98,10 @@ def paired_difference(features_a: np.ndarray, features_b: np.ndarray, sites: Seq
     diffs = []
     for i in range(n_boot):
         drawn = rng.choice(unique, size=unique.size, replace=True)
-        if np.unique(drawn).size < 2:
-            continue
         rows = np.concatenate([rows_of[u] for u in drawn])
-        groups = anatomies[rows]  # an anatomy drawn twice stays in one fold
+        groups = subjects[rows]  # an anatomy drawn twice stays in one fold
+        if np.unique(groups).size < 2:
+            continue
         s = _splits(sites[rows], groups, n_splits, n_repeats, seed + 1000 * (i + 1))
         diffs.append(split_accuracy(fb[rows], sites[rows], s)
                      - split_accuracy(fa[rows], sites[rows], s))
@@ -117,6 +123,8 @@ def method_features(out_dir: Path, method: str, target: str):
 
 
 def main() -> None:
+    from harmonize_bids.simulate.dataset import label_map_of
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/hb_q22"))
@@ -139,13 +147,14 @@ def main() -> None:
                   f"{len(keys)} both hold", file=sys.stderr)
         res = paired_difference(np.stack([fa[k] for k in keys]), np.stack([fb[k] for k in keys]),
                                 [k[1] for k in keys], [k[0] for k in keys],
-                                n_boot=args.boot, n_repeats=args.repeats)
+                                n_boot=args.boot, n_repeats=args.repeats,
+                                subjects=[label_map_of(k[0]) for k in keys])
         rows.append(f"| {target} | {len(keys)} | {res['a']:.2f} | {res['b']:.2f} | "
                     f"{res['difference']:+.2f} [{res['low']:+.2f}, {res['high']:+.2f}] | "
                     f"{res['p_b_lower']:.2f} |")
     details = (f"A = `{a}`, B = `{b}` (folders in `{args.out_dir}`); grouped cross-validated "
-               f"site accuracy ({FOLDS} folds by anatomy x {args.repeats} repeats), {args.boot} "
-               "anatomy resamples; lower is better.")
+               f"site accuracy (up to {FOLDS} folds by label map x {args.repeats} repeats), "
+               f"{args.boot} anatomy resamples; lower is better.")
     write_results(args.results, "Site predictability, paired: B against A", sys.argv,
                   details, "\n".join(rows))
 

@@ -2,16 +2,22 @@
 """Site predictability of every method in a quality benchmark's out-dir, re-scored.
 
 ``quality_vs_peers.py`` leaves each method's outputs on disk (one derivatives
-folder per method and target).  This script scores them again with
-:func:`harmonize_bids.metrics.site_predictability` over ``--repeats`` repeated
-cross-validation splits (mean ± sd over the repeats), without re-running any
-method, and writes a table.  Until session 11 the benchmark scored one split;
-with 16 images per target that number moved by up to 0.25 with the split alone.
+folder per method and target).  This script scores them again, without re-running
+any method, over ``--repeats`` repeated cross-validation splits under three fold
+protocols, and writes a table:
+
+- **by subject** (the benchmark's protocol since session 31): folds grouped by
+  label map, so a real subject and its deformed variants are never on both sides
+  of a split; the classifier is scored on people it never saw;
+- **by anatomy**: folds grouped by anatomy (a deformed variant of a test subject
+  may be in training; ``site_predictability_paired.py`` used this in session 30);
+- **plain**: stratified folds, an image's own anatomy at other sites in training
+  (the benchmark's protocol until session 30).
 
 "no harmonization" here is per target (the N4-corrected sources that would be
 sent to it), not the benchmark's one whole-dataset question.
 
-    python benchmarks/site_predictability_rescore.py --out-dir /tmp/hb_quality \\
+    python benchmarks/site_predictability_rescore.py --out-dir /tmp/hb_quality \
         --results benchmarks/results/site_predictability_rescored.md
 """
 from __future__ import annotations
@@ -26,9 +32,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from site_confusion import sent_to  # noqa: E402
 
-PEERS = ("nyul", "whitestripe", "z-score", "ants")
+PEERS = ("nyul", "whitestripe", "z-score", "ants", "brainq")
 
 
 def methods_in(out_dir: Path, targets: list[str]) -> list[str]:
@@ -42,45 +47,90 @@ def methods_in(out_dir: Path, targets: list[str]) -> list[str]:
     return [*[m for m in PEERS if m in found], *sorted(found - set(PEERS))]
 
 
+PROTOCOLS = ("by subject", "by anatomy", "plain")
+
+
+def protocol_scores(features: np.ndarray, sites: list, anatomies: list,
+                    repeats: int) -> dict[str, tuple[float, float]]:
+    """{protocol: (mean, sd over repeats) accuracy} of telling ``sites`` from ``features``
+    under each of :data:`PROTOCOLS`, and ``"subject folds"``: (lowest, highest) accuracy
+    of one repeat's subject-grouped folds (with as many folds as subjects every repeat
+    is the same leave-one-subject-out split, so its sd is 0 and this range is the
+    spread that says something: how much the score depends on who is tested)."""
+    from sklearn.model_selection import cross_val_score
+
+    from harmonize_bids import metrics
+    from harmonize_bids.simulate.dataset import label_map_of
+
+    subjects = [label_map_of(a) for a in anatomies]
+    groups = {"by subject": subjects, "by anatomy": list(anatomies), "plain": None}
+    out = {name: metrics.repeated_site_accuracy(features, sites, n_repeats=repeats,
+                                                groups=groups[name])
+           for name in PROTOCOLS}
+    folds = cross_val_score(metrics.site_classifier(), features, np.asarray(sites),
+                            groups=subjects, scoring="accuracy",
+                            cv=metrics.site_splits(sites, groups=subjects))
+    out["subject folds"] = (float(folds.min()), float(folds.max()))
+    return out
+
+
 def main() -> None:
     from harmonize_bids import metrics
+    from site_confusion import load, sent_pairs
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/hb_quality"))
     parser.add_argument("--targets", nargs="+", default=["siemens3tmprage", "ge15tspgr"])
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="method folders (without _TARGET); default: every one present "
+                             "for every target")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--results", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
     if not (args.out_dir / "test_n4").is_dir():
         parser.error(f"{args.out_dir} holds no quality benchmark (no test_n4/): "
                      "run benchmarks/quality_vs_peers.py first")
+    methods = args.methods or methods_in(args.out_dir, args.targets)
     rows, scores = [], {}
-    for method in ["none", *methods_in(args.out_dir, args.targets)]:
+    for method in ["none", *methods]:
         cells = []
         for target in args.targets:
-            res = metrics.site_predictability(*sent_to(args.out_dir, method, target),
-                                              n_repeats=args.repeats)
-            scores[method, target] = res["accuracy"]
-            cells.append(f"{res['accuracy']:.2f} ± {res['accuracy_sd']:.2f} "
-                         f"({res['n_images']} images, chance {res['chance']:.2f})")
-        mean = np.mean([scores[method, t] for t in args.targets])
-        rows.append(f"| {method} | " + " | ".join(cells) + f" | {mean:.2f} |")
-    peers = [m for m in PEERS if (m, args.targets[0]) in scores]
+            pairs = sent_pairs(args.out_dir, method, target)
+            features = metrics.site_histogram_features(
+                [load(path) for _, path, _ in pairs],
+                [load(truth.brain_mask) > 0 for _, _, truth in pairs])
+            res = protocol_scores(features, [img.site for img, _, _ in pairs],
+                                  [img.anatomy for img, _, _ in pairs], args.repeats)
+            for name, (mean, _) in res.items():
+                scores[method, target, name] = mean
+            low, high = res["subject folds"]
+            cells.append(f"{res[PROTOCOLS[0]][0]:.2f} [{low:.2f}-{high:.2f}] / " + " / ".join(
+                f"{res[name][0]:.2f} ± {res[name][1]:.2f}" for name in PROTOCOLS[1:])
+                + f" ({len(pairs)})")
+        rows.append(f"| {method} | " + " | ".join(cells) + " | " + " / ".join(
+            f"{np.mean([scores[method, t, name] for t in args.targets]):.2f}"
+            for name in PROTOCOLS) + " |")
+        print(rows[-1], flush=True)
+    peers = [m for m in PEERS if m in methods]
     verdicts = []
-    for method in sorted({m for m, _ in scores} - set(peers) - {"none"}):
-        ok = [t for t in args.targets if scores[method, t] <= min(scores[p, t] for p in peers)]
-        verdicts.append(f"- {method}: <= every peer's for {len(ok)}/{len(args.targets)} "
-                        f"targets {ok}")
+    for method in [m for m in methods if m not in peers]:
+        for name in PROTOCOLS:
+            ok = [t for t in args.targets if peers and scores[method, t, name] <= min(
+                scores[p, t, name] for p in peers)]
+            verdicts.append(f"- {method}, folds {name}: <= every peer's ({', '.join(peers)}) "
+                            f"for {len(ok)}/{len(args.targets)} targets {ok}")
     text = "\n".join([
-        "# Site predictability, re-scored with repeated cross-validation", "",
+        "# Site predictability, re-scored under three fold protocols", "",
         f"- command: `python benchmarks/site_predictability_rescore.py "
         f"{' '.join(sys.argv[1:])}`",
         f"- date: {datetime.date.today()}; {platform.machine()}, {os.cpu_count()} CPUs",
         f"- outputs: those in `{args.out_dir}` (written by quality_vs_peers.py; see the "
         "results file of that run for the model and sampler)",
-        f"- cells: accuracy of telling the source site from the in-brain histogram, mean ± sd "
-        f"over {args.repeats} repeated stratified splits; lower is better, chance is the floor",
+        f"- cells: accuracy of telling the source site from the in-brain histogram, folds "
+        f"{' / '.join(PROTOCOLS)} (see the script's docstring): by subject with [lowest-highest "
+        f"of its folds, one subject tested in each]; the others mean ± sd over {args.repeats} "
+        "repeated splits; (images); lower is better, chance 1 / number of source sites",
         "", "| method | " + " | ".join(f"→ {t}" for t in args.targets) + " | mean |",
         "|---|" + "---|" * (len(args.targets) + 1), *rows, "", *verdicts, ""])
     print(text)
