@@ -57,8 +57,6 @@ def protocol_scores(features: np.ndarray, sites: list, anatomies: list,
     of one repeat's subject-grouped folds (with as many folds as subjects every repeat
     is the same leave-one-subject-out split, so its sd is 0 and this range is the
     spread that says something: how much the score depends on who is tested)."""
-    from sklearn.model_selection import cross_val_score
-
     from harmonize_bids import metrics
     from harmonize_bids.simulate.dataset import label_map_of
 
@@ -67,9 +65,7 @@ def protocol_scores(features: np.ndarray, sites: list, anatomies: list,
     out = {name: metrics.repeated_site_accuracy(features, sites, n_repeats=repeats,
                                                 groups=groups[name])
            for name in PROTOCOLS}
-    folds = cross_val_score(metrics.site_classifier(), features, np.asarray(sites),
-                            groups=subjects, scoring="accuracy",
-                            cv=metrics.site_splits(sites, groups=subjects))
+    folds = metrics.site_fold_accuracies(features, sites, n_repeats=1, groups=subjects)[0]
     out["subject folds"] = (float(folds.min()), float(folds.max()))
     return out
 

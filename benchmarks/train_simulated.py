@@ -89,7 +89,7 @@ def merge_results(a: dict | None, b: dict) -> dict:
     if a is None:
         return b
     for key in ("pairs", "n", "ceiling", "site_predictability", "site_predictability_sd",
-                "site_predictability_grouped", "chance"):
+                "site_predictability_grouped", "site_predictability_folds", "chance"):
         a.setdefault(key, {}).update(b.get(key, {}))
     return a
 

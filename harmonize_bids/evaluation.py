@@ -152,7 +152,8 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
     Returns ``{"pairs": {(s, t): {metric: mean}}, "ceiling": {t: {metric: mean}},
     "site_predictability": {t: accuracy}, "site_predictability_sd": {t: sd over the
     classifier's repeated splits}, "site_predictability_grouped": {t: whether the
-    folds were grouped by subject}, "chance": {t: 1/n}, "n": {(s, t): n}}``.
+    folds were grouped by subject}, "site_predictability_folds": {t: (lowest, highest)
+    accuracy of a test fold}, "chance": {t: 1/n}, "n": {(s, t): n}}``.
     """
     images = read_simulated_dataset(bids_dir)
     by_anatomy: dict[str, dict[str, SimulatedImage]] = defaultdict(dict)
@@ -197,7 +198,7 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
         if rows:
             ceiling[target] = {m: float(np.mean([r[m] for r in rows])) for m in rows[0]}
 
-    predictability, spread, chance, grouped = {}, {}, {}, {}
+    predictability, spread, chance, grouped, folds = {}, {}, {}, {}, {}
     for target, items in sent.items():
         try:
             res = metrics.site_predictability(
@@ -207,6 +208,7 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
             continue
         predictability[target], chance[target] = res["accuracy"], res["chance"]
         spread[target], grouped[target] = res["accuracy_sd"], res["grouped"]
+        folds[target] = (res["fold_min"], res["fold_max"])
     if derivatives_dir is None:  # one question for the baseline: are raw sites apart?
         try:
             res = metrics.site_predictability([_load(i.t1w) for i in images],
@@ -217,8 +219,9 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
             spread = {t: res["accuracy_sd"] for t in sites}
             chance = {t: res["chance"] for t in sites}
             grouped = {t: res["grouped"] for t in sites}
+            folds = {t: (res["fold_min"], res["fold_max"]) for t in sites}
         except ValueError:  # too few images per site to cross-validate a classifier
-            predictability, spread, chance, grouped = {}, {}, {}, {}
+            predictability, spread, chance, grouped, folds = {}, {}, {}, {}, {}
     return {
         "pairs": {key: {m: float(np.mean([r[m] for r in rows])) for m in METRIC_COLUMNS}
                   for key, rows in scores.items()},
@@ -227,6 +230,7 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
         "site_predictability": predictability,
         "site_predictability_sd": spread,
         "site_predictability_grouped": grouped,
+        "site_predictability_folds": folds,
         "chance": chance,
     }
 
@@ -234,7 +238,8 @@ def evaluate(bids_dir: Path, derivatives_dir: Path | None = None,
 def format_table(result: dict, method: str) -> str:
     """Markdown table: one row per (source -> target), with the target's rescan ceiling."""
     head = ("| method | source → target | n | SSIM | PSNR (dB) | MAE | corr | W1 | tissue Dice "
-            "| flicker | slice jumps (%) | site pred. ± sd (chance; * plain folds) "
+            "| flicker | slice jumps (%) | site pred. [folds by subject: lowest-highest] "
+            "or ± sd (plain folds) (chance) "
             "| rescan SSIM / PSNR / Dice |")
     lines = [head, "|" + "---|" * 13]
     for (src, tgt), row in sorted(result["pairs"].items()):
@@ -242,9 +247,10 @@ def format_table(result: dict, method: str) -> str:
         ceil_txt = (f"{ceil['ssim']:.3f} / {ceil['psnr']:.1f} / {ceil['tissue_dice']:.3f}"
                     if ceil else "n/a")
         pred = result["site_predictability"].get(tgt)
-        plain = "" if result.get("site_predictability_grouped", {}).get(tgt, True) else "*"
-        pred_txt = (f"{pred:.2f} ± {result['site_predictability_sd'][tgt]:.2f} "
-                    f"({result['chance'][tgt]:.2f}{plain})" if pred is not None else "n/a")
+        pred_txt = "n/a" if pred is None else f"{pred:.2f} " + (
+            "[{:.2f}-{:.2f}]".format(*result["site_predictability_folds"][tgt])
+            if result.get("site_predictability_grouped", {}).get(tgt)
+            else f"± {result['site_predictability_sd'][tgt]:.2f}") + f" ({result['chance'][tgt]:.2f})"
         lines.append(
             f"| {method} | {src} → {tgt} | {result['n'][(src, tgt)]} | {row['ssim']:.3f} | "
             f"{row['psnr']:.1f} | {row['mae']:.4f} | {row['correlation']:.3f} | "

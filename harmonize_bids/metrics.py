@@ -578,6 +578,27 @@ def site_splits(
                                 random_state=int(random_state))
 
 
+def site_fold_accuracies(
+    features: ArrayLike,
+    sites: Sequence[Any],
+    n_splits: int = 5,
+    random_state: int = 0,
+    n_repeats: int = 10,
+    groups: Sequence[Any] | None = None,
+) -> list[NDArray[np.float64]]:
+    """Accuracy of :func:`site_classifier` telling ``sites`` from ``features`` (one row
+    per image) in every test fold of every repeat: repeat ``r`` splits with
+    :func:`site_splits` (``random_state + r``), plain stratified folds or folds grouped
+    by subject when ``groups`` is given.  Needs every site at least twice."""
+    from sklearn.model_selection import cross_val_score
+
+    labels = np.asarray(sites)
+    x = np.asarray(features, dtype=np.float64)
+    return [cross_val_score(site_classifier(), x, labels, scoring="accuracy", groups=groups,
+                            cv=site_splits(labels, n_splits, int(random_state) + r, groups))
+            for r in range(int(n_repeats))]
+
+
 def repeated_site_accuracy(
     features: ArrayLike,
     sites: Sequence[Any],
@@ -587,24 +608,12 @@ def repeated_site_accuracy(
     groups: Sequence[Any] | None = None,
 ) -> tuple[float, float]:
     """(mean, sd) over ``n_repeats`` of the cross-validated accuracy of
-    :func:`site_classifier` telling ``sites`` from ``features`` (one row per image).
-
-    Repeat ``r`` splits with :func:`site_splits` (``random_state + r``): plain
-    stratified folds, or folds grouped by subject when ``groups`` is given.
-    :func:`site_predictability` scores its histograms with it, and benchmarks can
-    score other features (e.g. tissue fractions) the same way.  Needs every site at
-    least twice.
+    :func:`site_classifier` (:func:`site_fold_accuracies`, each repeat's folds
+    averaged).  :func:`site_predictability` scores its histograms with it, and
+    benchmarks can score other features (e.g. tissue fractions) the same way.
     """
-    from sklearn.model_selection import cross_val_score
-
-    labels = np.asarray(sites)
-    x = np.asarray(features, dtype=np.float64)
-    repeats = [
-        float(np.mean(cross_val_score(
-            site_classifier(), x, labels, scoring="accuracy", groups=groups,
-            cv=site_splits(labels, n_splits, int(random_state) + r, groups))))
-        for r in range(int(n_repeats))
-    ]
+    repeats = [float(np.mean(folds)) for folds in site_fold_accuracies(
+        features, sites, n_splits, random_state, n_repeats, groups)]
     return float(np.mean(repeats)), float(np.std(repeats))
 
 
@@ -640,7 +649,11 @@ def site_predictability(
     Returns
     -------
     dict with ``"accuracy"``, ``"accuracy_sd"`` (standard deviation of the
-    repeats' accuracies: how much the split alone moves it), ``"chance"``,
+    repeats' accuracies: how much the split alone moves it; 0 when every repeat
+    is the same split, as with grouped folds and no more subjects than folds),
+    ``"fold_min"`` and ``"fold_max"`` (the lowest and highest accuracy of any test
+    fold: with folds by subject, how much the score depends on who is tested),
+    ``"chance"``,
     ``"n_images"``, ``"n_sites"``, ``"n_repeats"``, ``"grouped"`` (whether the folds
     were grouped by subject).
 
@@ -669,11 +682,13 @@ def site_predictability(
         raise ValueError(f"every site needs at least 2 images; too few for: {small}")
 
     features = site_histogram_features(images, masks, int(n_bins))
-    accuracy, accuracy_sd = repeated_site_accuracy(features, labels, n_splits, random_state,
-                                                   n_repeats, groups)
+    folds = site_fold_accuracies(features, labels, n_splits, random_state, n_repeats, groups)
+    repeats = [float(np.mean(f)) for f in folds]
     return {
-        "accuracy": accuracy,
-        "accuracy_sd": accuracy_sd,
+        "accuracy": float(np.mean(repeats)),
+        "accuracy_sd": float(np.std(repeats)),
+        "fold_min": float(min(f.min() for f in folds)),
+        "fold_max": float(max(f.max() for f in folds)),
         "chance": 1.0 / uniq.size,
         "n_images": n,
         "n_sites": int(uniq.size),

@@ -44,7 +44,9 @@ def test_site_predictability_folds_keep_each_subject_together(toy_dataset):
     result = evaluate(toy_dataset)
     assert result["site_predictability_grouped"] == {"ge15tspgr": True,
                                                      "siemens3tmprage": True}
-    assert "(0.50)" in format_table(result, "none")  # grouped: no plain-folds mark
+    low, high = result["site_predictability_folds"]["ge15tspgr"]
+    assert 0.0 <= low <= result["site_predictability"]["ge15tspgr"] <= high <= 1.0
+    assert f"[{low:.2f}-{high:.2f}] (0.50)" in format_table(result, "none")
 
 
 def test_perfect_harmonization_scores_perfectly(toy_dataset, tmp_path):

@@ -429,6 +429,7 @@ def test_site_predictability_with_groups():
     res = M.site_predictability(a + b, ma + mb, ["A"] * 12 + ["B"] * 12, groups=subjects,
                                 n_repeats=3)
     assert res["accuracy"] >= 0.95 and res["grouped"]
+    assert res["fold_min"] <= res["accuracy"] <= res["fold_max"] <= 1.0
     plain = M.site_predictability(a + b, ma + mb, ["A"] * 12 + ["B"] * 12, n_repeats=3)
     assert not plain["grouped"]
     with pytest.raises(ValueError, match="same length"):
