@@ -612,9 +612,18 @@ def repeated_site_accuracy(
     averaged).  :func:`site_predictability` scores its histograms with it, and
     benchmarks can score other features (e.g. tissue fractions) the same way.
     """
-    repeats = [float(np.mean(folds)) for folds in site_fold_accuracies(
-        features, sites, n_splits, random_state, n_repeats, groups)]
-    return float(np.mean(repeats)), float(np.std(repeats))
+    summary = _fold_summary(site_fold_accuracies(features, sites, n_splits, random_state,
+                                                 n_repeats, groups))
+    return summary["accuracy"], summary["accuracy_sd"]
+
+
+def _fold_summary(folds: list[NDArray[np.float64]]) -> dict[str, float]:
+    """Mean and sd over repeats of each repeat's mean fold accuracy, and the lowest and
+    highest single fold."""
+    repeats = [float(np.mean(f)) for f in folds]
+    return {"accuracy": float(np.mean(repeats)), "accuracy_sd": float(np.std(repeats)),
+            "fold_min": float(min(f.min() for f in folds)),
+            "fold_max": float(max(f.max() for f in folds))}
 
 
 def site_predictability(
@@ -682,13 +691,9 @@ def site_predictability(
         raise ValueError(f"every site needs at least 2 images; too few for: {small}")
 
     features = site_histogram_features(images, masks, int(n_bins))
-    folds = site_fold_accuracies(features, labels, n_splits, random_state, n_repeats, groups)
-    repeats = [float(np.mean(f)) for f in folds]
     return {
-        "accuracy": float(np.mean(repeats)),
-        "accuracy_sd": float(np.std(repeats)),
-        "fold_min": float(min(f.min() for f in folds)),
-        "fold_max": float(max(f.max() for f in folds)),
+        **_fold_summary(site_fold_accuracies(features, labels, n_splits, random_state,
+                                             n_repeats, groups)),
         "chance": 1.0 / uniq.size,
         "n_images": n,
         "n_sites": int(uniq.size),
