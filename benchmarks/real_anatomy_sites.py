@@ -87,17 +87,30 @@ def render(real: np.ndarray, mask: np.ndarray, tissue: np.ndarray, protocol: str
     return normalize_brain(n4_array(shifted, voxel_mm, mask), mask)
 
 
+def cache_stems(subjects: list[str]) -> dict[str, str]:
+    """Each subject's cache file stem, ``SUB_seedI``: ``I`` (its place among the chosen
+    subjects, sorted) seeds its renders, so a cached render is only reused for the
+    same seed.
+
+    >>> cache_stems(["sub-IXI161", "sub-IXI160"])
+    {'sub-IXI160': 'sub-IXI160_seed0', 'sub-IXI161': 'sub-IXI161_seed1'}
+    """
+    return {sub: f"{sub}_seed{i}" for i, sub in enumerate(sorted(subjects))}
+
+
 def renders(real: dict, masks: dict, protocols: list[str], target: str, voxel_mm: float,
             cache: Path) -> tuple[dict, dict, dict]:
     """({(subject, protocol): image}, {subject: rescan at target}, {subject: tissue map}),
-    cached in ``cache`` (one ``.npz`` per subject) so other targets reuse them."""
+    cached in ``cache`` (one ``.npz`` per subject, :func:`cache_stems`) so other targets
+    reuse them."""
     from harmonize_bids.metrics import tissue_segmentation
 
     images, rescans, tissues = {}, {}, {}
     cache.mkdir(parents=True, exist_ok=True)
-    for i, sub in enumerate(sorted(real)):
-        path = cache / f"{sub}.npz"
+    for i, (sub, stem) in enumerate(sorted(cache_stems(list(real)).items())):
+        path = cache / f"{stem}.npz"
         stored = dict(np.load(path)) if path.is_file() else {}
+        known = set(stored)
         if "tissue" not in stored:
             stored["tissue"] = tissue_segmentation(real[sub], masks[sub], 3, random_state=0)
         for k, name in enumerate(protocols):
@@ -110,7 +123,8 @@ def renders(real: dict, masks: dict, protocols: list[str], target: str, voxel_mm
                                                 target, (SEED, i, 100 + protocols.index(target)),
                                                 voxel_mm)
         rescans[sub], tissues[sub] = stored[f"rescan_{target}"], stored["tissue"]
-        np.savez_compressed(path, **stored)
+        if set(stored) != known:
+            np.savez_compressed(path, **stored)
         log(f"{sub}: renders ready")
     return images, rescans, tissues
 
@@ -216,6 +230,7 @@ def main() -> None:
         parser.error(f"only {len(used)} of {labels} are preprocessed in {args.ixi_derivatives}")
     real = {s: volumes[s][IXI] for s in used}
     images, rescans, tissues = renders(real, masks, protocols, args.target, voxel, args.cache)
+    stems, model_hash = cache_stems(used), file_sha256(model_file)[:12]
 
     peers = peer_methods()
     brainq = quantile_peer(images, masks, sources, args.target)
@@ -236,7 +251,7 @@ def main() -> None:
         others = [(images[o, args.target], masks[o]) for o in used if o != sub]
         k = used.index(sub)
         # the chains' output is kept (per model and target) so a rerun scores without them
-        ours_cache = args.cache / f"ours_{file_sha256(model_file)[:12]}_{args.target}_{sub}.npz"
+        ours_cache = args.cache / f"ours_{model_hash}_{args.target}_{stems[sub]}.npz"
         sampled = dict(np.load(ours_cache)) if ours_cache.is_file() else {}
         own_truth_out = landmark_statistics(landmarks, leave_out=(sub, args.target))
         for source in sources:
@@ -315,7 +330,7 @@ def main() -> None:
         log(f"{m} scored")
     text = "\n".join(rows + ["", "Per source (SSIM / PSNR / tissue Dice, mean over subjects):",
                              "", *per_pair])
-    details = (f"model `{model_file.name}` (sha256 {file_sha256(model_file)[:12]}), "
+    details = (f"model `{model_file.name}` (sha256 {model_hash}), "
                f"{args.threads} threads; {len(used)} held-out IXI participants {used} re-rendered "
                f"under {sources} -> `{args.target}` ({n} images; truth: the render at the "
                f"target; rescan: a second one); ours: {sampler.metadata()}, slice levelling; "

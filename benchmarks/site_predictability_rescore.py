@@ -17,7 +17,7 @@ protocols, and writes a table:
 "no harmonization" here is per target (the N4-corrected sources that would be
 sent to it), not the benchmark's one whole-dataset question.
 
-    python benchmarks/site_predictability_rescore.py --out-dir /tmp/hb_quality \
+    python benchmarks/site_predictability_rescore.py --out-dir /tmp/hb_quality \\
         --results benchmarks/results/site_predictability_rescored.md
 """
 from __future__ import annotations
