@@ -432,8 +432,9 @@ def test_scan_target_landmarks_says_why_it_falls_back_to_the_plain_match():
 def test_the_dataset_own_target_site_scans_are_the_reference_when_there_are_enough():
     """ComBat's reference batch: a scan on its site's mean lands on the mean of the
     dataset's target-site scans (on the model's white-matter scale), a scan above it by
-    its z-score times the *target site's* spread; with too few target-site scans the
-    model's landmarks and the pooled spread stay."""
+    its z-score times the *target site's* spread, a scan from a site with too few scans
+    on that mean; with too few target-site scans the model's landmarks and the pooled
+    spread stay."""
     target = np.array([0.1, 0.3, 0.6, 0.8, 1.0])          # the model's, WM median 0.8
     mean_a = np.array([0.2, 0.4, 0.7, 1.0, 1.2])
     mean_t = np.array([0.25, 0.45, 0.65, 1.0, 1.3])       # the dataset's, WM units
@@ -452,6 +453,13 @@ def test_the_dataset_own_target_site_scans_are_the_reference_when_there_are_enou
                                                        target_site=site)
         assert why is None and reference == "model"
         np.testing.assert_allclose(out, target)
+    # a scan whose own site has too few scans (or is unknown) cannot keep its subject
+    # part, but still lands on the dataset's target-site mean, not the model's
+    for args in [(stats, "few", mean_a), (stats, "elsewhere", mean_a), (stats, None, mean_a),
+                 (stats, "a", None)]:
+        out, why, reference = si.scan_target_landmarks(target, *args, target_site="t")
+        assert why and reference == "dataset"
+        np.testing.assert_allclose(out, mean_t * 0.8)
 
 
 def test_harmonize_step_keeps_the_subject_part_with_the_dataset_site_landmarks(

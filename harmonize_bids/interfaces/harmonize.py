@@ -132,9 +132,10 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
         landmarks, why, reference = scan_target_landmarks(landmarks, statistics, source_site,
                                                           own, target_site=target_site)
         subject_kept = why is None
+        whose = "the dataset's own scans of" if reference == "dataset" else "the model's"
         if why:
-            log(f"tissue intensities matched to the mean of '{target_site}', not kept per "
-                f"subject ({why})")
+            log(f"tissue intensities matched to the mean of {whose} '{target_site}', not "
+                f"kept per subject ({why})")
         elif reference == "dataset":
             log(f"tissue intensities placed among the dataset's own scans of '{target_site}'")
     if landmarks is not None:
