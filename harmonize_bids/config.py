@@ -51,8 +51,9 @@ class Settings:
     match_intensities: str = "auto"  # 'auto', 'none' or a site_intensity.SCHEMES name
     level_slices: bool = True
     keep_target_site: bool = True  # images at the target site: written unchanged
-    keep_subject_intensities: bool = False  # landmark match keeps the subject's part
-    site_landmarks: Path | None = None  # the dataset's site landmarks (dataset_landmarks)
+    #: the dataset's site landmarks (dataset_landmarks): the tissue match keeps the
+    #: subject's part and, with enough target-site scans, takes them as its reference
+    site_landmarks: Path | None = None
     landmarks_only: bool = False  # group level: only measure the site landmarks
     train_steps: int = 2000
     batch_size: int = 12

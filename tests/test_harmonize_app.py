@@ -171,15 +171,18 @@ def test_group_level_trains_resumes_and_the_model_harmonizes(sloppy_run, tmp_pat
     code = main([str(sloppy_run["bids"]), str(out), "participant", "--sloppy", "-w",
                  str(tmp_path / "work2"), "--participant-label", "01", "--target-site", "siteC",
                  "--model", str(model), "--steps", "2", "--skip-bids-validation",
-                 "--nprocs", "2", "--keep-subject-intensities"])
+                 "--nprocs", "2"])
     assert code == 0
     assert (out / "sub-01/anat/sub-01_desc-harmonized_T1w.nii.gz").is_file()
     side = json.loads((out / "sub-01/anat/sub-01_desc-harmonized_T1w.json").read_text())
     # --match-intensities auto (the default): the finest scheme the group model stores;
-    # one scan per site is too few to tell where a scan stands: the plain match
+    # the site landmarks file the group level wrote is read by default, but one scan per
+    # site is too few to tell where a scan stands or to stand for the target: the plain
+    # match onto the model's landmarks
     assert side["TissueIntensitiesMatched"] is True
     assert side["TissueIntensityLandmarks"] == "vigintiles"
     assert side["TissueIntensitiesSubjectKept"] is False
+    assert side["TissueIntensityReference"] == "model"
     # models/, reports and harmonized outputs together still pass the validator
     proc = subprocess.run([shutil.which("bids-validator-deno"), "--format", "json", str(out)],
                           capture_output=True, text=True)

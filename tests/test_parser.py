@@ -193,30 +193,39 @@ def test_switches_are_on_unless_switched_off(flag, setting, tmp_path):
     assert getattr(parse_args(args + [flag]), setting) is False
 
 
-def test_keep_subject_intensities_needs_the_dataset_site_landmarks(tmp_path):
-    """Off unless asked; asked, the participant level refuses to start without the site
-    landmarks file (and says how to make it), finds it in OUTPUT_DIR by default or takes
-    --site-landmarks; --site-landmarks alone or with --match-intensities none is refused."""
+def test_keep_subject_intensities_reads_the_dataset_site_landmarks_when_they_exist(tmp_path):
+    """By default the participant level reads OUTPUT_DIR/site_landmarks.json (or
+    --site-landmarks) when it exists and goes on without it; --keep-subject-intensities
+    refuses to start without it (and says how to make it); --no-keep-subject-intensities
+    never reads it; contradictions are refused."""
     bids = tmp_path / "bids"
     bids.mkdir()
     out = tmp_path / "out"
     args = [str(bids), str(out), "participant"]
-    settings = parse_args(args)
-    assert settings.keep_subject_intensities is False and settings.site_landmarks is None
-    keep = args + ["--target-site", "b", "--keep-subject-intensities"]
+    target = args + ["--target-site", "b"]
+    assert parse_args(args).site_landmarks is None
+    assert parse_args(target).site_landmarks is None  # no file yet: the plain match
+    keep = target + ["--keep-subject-intensities"]
     with pytest.raises(InputError, match="group --landmarks-only"):
         parse_args(keep)
     # preprocessing only (no --target-site): nothing to match, nothing needed
     assert parse_args(args + ["--keep-subject-intensities"]).site_landmarks is None
     out.mkdir()
     (out / "site_landmarks.json").write_text("{}")
-    assert parse_args(keep).site_landmarks == out / "site_landmarks.json"
+    for asked in (target, keep):
+        assert parse_args(asked).site_landmarks == out / "site_landmarks.json"
+    assert parse_args(target + ["--no-keep-subject-intensities"]).site_landmarks is None
+    assert parse_args(target + ["--match-intensities", "none"]).site_landmarks is None
+    assert parse_args(args).site_landmarks is None  # preprocessing does not read it
     other = tmp_path / "other.json"
     other.write_text("{}")
-    assert parse_args(keep + ["--site-landmarks", str(other)]).site_landmarks == other
-    with pytest.raises(UsageError, match="read by --keep-subject-intensities"):
-        parse_args(args + ["--site-landmarks", str(other)])
-    with pytest.raises(UsageError, match="needs --match-intensities"):
+    for asked in (target, keep):
+        assert parse_args(asked + ["--site-landmarks", str(other)]).site_landmarks == other
+    with pytest.raises(InputError, match="group --landmarks-only"):
+        parse_args(target + ["--site-landmarks", str(tmp_path / "missing.json")])
+    with pytest.raises(UsageError, match="turns off"):
+        parse_args(target + ["--no-keep-subject-intensities", "--site-landmarks", str(other)])
+    with pytest.raises(UsageError, match="need --match-intensities"):
         parse_args(keep + ["--match-intensities", "none"])
     # the group level measures the file; it does not need one
     group = parse_args([str(bids), str(out), "group", "--landmarks-only"])

@@ -158,23 +158,29 @@ def _build_parser() -> argparse.ArgumentParser:
                             "the output's histogram at a small cost in similarity to the "
                             "true target image (benchmarks/results/"
                             "quality_vs_peers_deciles.md)")
-    model.add_argument("--keep-subject-intensities", action="store_true",
+    model.add_argument("--keep-subject-intensities", action=argparse.BooleanOptionalAction,
+                       default=None,
                        help="map each brain onto the target site's tissue landmarks moved by "
                             "where the scan stands among its own site's scans in this dataset "
                             "(a z-score per landmark), so the match removes the scanner's "
-                            "part of the intensities and keeps the subject's: closer to the "
-                            "true target image, site no easier to tell (docs/model.md, "
-                            "'Decisions of session 25'). Needs the dataset's site landmarks: "
-                            "run the participant level without --target-site, then 'group "
-                            f"--landmarks-only', then this. Sites with fewer than "
-                            f"{MIN_SITE_IMAGES} scans get the plain match; with "
-                            f"{MIN_SITE_IMAGES} or more scans of the target site itself, "
-                            "their landmarks are the reference instead of the model's "
-                            "(ComBat's reference batch)")
+                            "part of the intensities and keeps the subject's; with "
+                            f"{MIN_SITE_IMAGES} or more scans of the target site itself in "
+                            "the dataset, their landmarks stand for the target site instead of "
+                            "the model's (ComBat's reference batch; a scan from a site with "
+                            f"fewer than {MIN_SITE_IMAGES} scans is matched to their mean). "
+                            "Closer to the true target image, site no easier to tell "
+                            "(docs/model.md, 'Decisions of session 25', '26' and '32'). Needs "
+                            "the dataset's site landmarks: run the participant level without "
+                            "--target-site, then 'group --landmarks-only', then the "
+                            "participant level with --target-site. By default it is used "
+                            "whenever that file exists (OUTPUT_DIR/site_landmarks.json or "
+                            "--site-landmarks); --keep-subject-intensities requires it, "
+                            "--no-keep-subject-intensities matches every brain onto the "
+                            "model's stored landmarks of the target site")
     model.add_argument("--site-landmarks", type=Path, metavar="FILE", default=None,
-                       help="the site landmarks file --keep-subject-intensities reads "
-                            "(default: OUTPUT_DIR/site_landmarks.json, written by 'group "
-                            "--landmarks-only')")
+                       help="the dataset's site landmarks file the subject-kept tissue match "
+                            "reads (default: OUTPUT_DIR/site_landmarks.json, written by "
+                            "'group --landmarks-only' and before group training)")
     model.add_argument("--no-level-slices", dest="level_slices", action="store_false",
                        help="keep the slice-to-slice jumps in overall intensity of the "
                             "slice-wise model's output; by default they are removed against "
@@ -201,7 +207,8 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--landmarks-only", action="store_true",
                        help="only measure each site's tissue landmarks over the "
                             "participants' preprocessed brains (seconds per brain) and write "
-                            "OUTPUT_DIR/site_landmarks.json for --keep-subject-intensities; "
+                            "OUTPUT_DIR/site_landmarks.json, which the participant level's tissue "
+                            "match then reads (--keep-subject-intensities); "
                             "without it the group level writes that file and then trains")
     train.add_argument("--train-steps", type=_positive_int, default=2000,
                        help="optimizer steps; training resumes from WORK_DIR/group_training")
@@ -262,6 +269,40 @@ def model_info_request(argv: list[str] | None) -> Path | None | bool:
     return (known.model if known.model else None) if known.model_info else False
 
 
+def site_landmarks_for(opts: argparse.Namespace, output_dir: Path,
+                       bids_dir: Path) -> Path | None:
+    """The dataset's site landmarks file the participant level's tissue match reads, or
+    None (the plain match onto the model's stored landmarks).
+
+    Only a participant run with ``--target-site`` and a tissue match reads one.  By
+    default (``--keep-subject-intensities`` not given) it is ``--site-landmarks`` or
+    ``OUTPUT_DIR/site_landmarks.json`` when that exists; ``--keep-subject-intensities``
+    requires it; ``--no-keep-subject-intensities`` never reads one.
+    """
+    from harmonize_bids.derivatives import site_landmarks_path
+
+    keep = opts.keep_subject_intensities  # None: whenever the file exists
+    if keep is False and opts.site_landmarks is not None:
+        raise UsageError("--site-landmarks is read by the subject-kept tissue match, which "
+                         "--no-keep-subject-intensities turns off.")
+    if opts.match_intensities == "none" and (keep or opts.site_landmarks is not None):
+        raise UsageError("--keep-subject-intensities and --site-landmarks move the tissue "
+                         "intensity match: they need --match-intensities other than 'none'.")
+    if keep is False or opts.match_intensities == "none" \
+            or opts.analysis_level != "participant" or opts.target_site is None:
+        return None  # without a target site nothing is harmonized
+    path = (opts.site_landmarks or site_landmarks_path(output_dir)).absolute()
+    if path.is_file():
+        return path
+    if keep or opts.site_landmarks is not None:
+        raise InputError(
+            f"--keep-subject-intensities needs the dataset's site landmarks, and {path} does "
+            f"not exist: run the participant level without --target-site (preprocessing), "
+            f"then '{bids_dir} {output_dir} group --landmarks-only', then this command again "
+            f"(or give --site-landmarks).")
+    return None
+
+
 def _check(opts: argparse.Namespace) -> Settings:
     """Cross-option checks; build the Settings."""
     bids_dir = opts.bids_dir.absolute()
@@ -282,23 +323,7 @@ def _check(opts: argparse.Namespace) -> Settings:
                          f"{opts.strength:g} (the chain runs from strength down to stop-at).")
     if opts.model is not None and not opts.model.is_file():
         raise InputError(f"Model file not found: {opts.model}")
-    site_landmarks = None
-    if opts.site_landmarks is not None and not opts.keep_subject_intensities:
-        raise UsageError("--site-landmarks is read by --keep-subject-intensities only.")
-    if opts.keep_subject_intensities and opts.match_intensities == "none":
-        raise UsageError("--keep-subject-intensities moves the tissue intensity match: it "
-                         "needs --match-intensities other than 'none'.")
-    if opts.keep_subject_intensities and opts.analysis_level == "participant" \
-            and opts.target_site is not None:  # without a target site nothing is harmonized
-        from harmonize_bids.derivatives import site_landmarks_path
-
-        site_landmarks = (opts.site_landmarks or site_landmarks_path(output_dir)).absolute()
-        if not site_landmarks.is_file():
-            raise InputError(
-                f"--keep-subject-intensities needs the dataset's site landmarks, and "
-                f"{site_landmarks} does not exist: run the participant level without "
-                f"--target-site (preprocessing), then '{bids_dir} {output_dir} group "
-                f"--landmarks-only', then this command again (or give --site-landmarks).")
+    site_landmarks = site_landmarks_for(opts, output_dir, bids_dir)
     if opts.mem_mb is not None and opts.mem_mb < 512:
         raise UsageError(f"--mem-mb {opts.mem_mb} is too small (at least 512).")
     omp = opts.omp_nthreads or opts.nprocs
@@ -335,7 +360,6 @@ def _check(opts: argparse.Namespace) -> Settings:
         match_intensities=opts.match_intensities,
         level_slices=opts.level_slices,
         keep_target_site=opts.keep_target_site,
-        keep_subject_intensities=opts.keep_subject_intensities,
         site_landmarks=site_landmarks,
         landmarks_only=opts.landmarks_only,
         train_steps=opts.train_steps,

@@ -202,13 +202,27 @@ def build_workflow(settings: Settings):
         if settings.site_landmarks is not None:
             from harmonize_bids.dataset_landmarks import read_site_landmarks
             from harmonize_bids.diffusion.checkpoint import read_config
+            from harmonize_bids.site_intensity import MIN_SITE_IMAGES
 
             # refuse a malformed file or one measured at another voxel size before any work
             statistics = read_site_landmarks(settings.site_landmarks,
                                              read_config(model_file).voxel_mm)
+            target_scans = getattr(statistics.get(settings.target_site), "images", 0)
             LOGGER.info("Tissue intensities keep each scan's place among its site's scans "
-                        "(%s: %s)", settings.site_landmarks,
-                        ", ".join(f"{site} {s.images}" for site, s in sorted(statistics.items())))
+                        "(%s: %s); the target site's landmarks: %s", settings.site_landmarks,
+                        ", ".join(f"{site} {s.images}" for site, s in sorted(statistics.items())),
+                        f"the mean of the dataset's {target_scans} scans of it"
+                        if target_scans >= MIN_SITE_IMAGES else "the model's stored ones")
+        elif scheme != "none":
+            from harmonize_bids.derivatives import site_landmarks_path
+
+            LOGGER.info("Tissue intensities are matched to the model's stored landmarks of "
+                        "'%s'. With the dataset's site landmarks (%s, written by 'group "
+                        "--landmarks-only' after preprocessing) the match keeps each "
+                        "subject's part and takes the dataset's own scans of the target site "
+                        "as reference: closer to the true target image (docs/model.md, "
+                        "'Decisions of session 32').", settings.target_site,
+                        site_landmarks_path(settings.output_dir))
         harmonize = HarmonizeOptions(model_file=model_file, target_site=settings.target_site,
                                      sampler=sampler, device=settings.device,
                                      mem_mb=settings.mem_mb, match_intensities=scheme,
