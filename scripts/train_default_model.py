@@ -12,6 +12,9 @@ Stages
    MNI registration), exactly as users' data would.  Their template-space brains are
    the *targets* for ``ixi-hh``; randomly protocol-shifted copies of each
    (:func:`~harmonize_bids.training.data.add_shifted_copies`) are the *sources*.
+   With ``--ixi-site-copies`` each is also re-rendered under the protocols of the
+   simulated sites as an image *of* those sites (sources and targets: real anatomy
+   at the named sites; :func:`~harmonize_bids.training.data.add_protocol_copies`).
 2. **Simulated sites**: SynthSeg label maps ``training_seg_01..--n-labels`` (the rest
    are held out for the benchmark) plus deformed/flipped variants of them, rendered
    under the protocols ``siemens3tmprage``, ``ge15tspgr`` and ``philips3ttfe`` (sites of
@@ -231,6 +234,12 @@ def main() -> None:
     parser.add_argument("--n-random", type=int, default=5, help="random source protocols")
     parser.add_argument("--shifted-copies", type=int, default=5,
                         help="protocol-shifted copies of each IXI brain (sources)")
+    parser.add_argument("--ixi-site-copies", action="store_true",
+                        help="also re-render each IXI brain under the protocols of the "
+                             "simulated sites (simulate.shift, bias-free) as images *of* those "
+                             "sites, targets included: real anatomy and texture at the named "
+                             "sites, which label-map renders alone do not teach "
+                             "(docs/model.md, 'Decisions of session 32')")
     parser.add_argument("--base-channels", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=12)
     parser.add_argument("--patch-size", type=int, default=64,
@@ -351,7 +360,8 @@ def main() -> None:
     from harmonize_bids.diffusion.checkpoint import file_sha256, save_model
     from harmonize_bids.diffusion.model import HarmonizationModel, ModelConfig
     from harmonize_bids.interfaces.harmonize import resolve_device
-    from harmonize_bids.training.data import PairedSlices, add_shifted_copies
+    from harmonize_bids.training.data import (PairedSlices, add_protocol_copies,
+                                              add_shifted_copies)
     from harmonize_bids.training.loop import (
         TrainConfig,
         TrainLoop,
@@ -365,6 +375,10 @@ def main() -> None:
     configure_cpu(args.threads)
     log(f"{len(used)} IXI brains; rendering {args.shifted_copies} shifted copies of each ...")
     add_shifted_copies(volumes, masks, args.shifted_copies, np.random.default_rng(7))
+    if args.ixi_site_copies:
+        log(f"re-rendering each IXI brain under {SIM_TARGETS} as images of those sites ...")
+        add_protocol_copies(volumes, masks, [PROTOCOLS[n] for n in SIM_TARGETS],
+                            np.random.default_rng(8))
     sim_vols, _ = simulated_volumes(sim_dir)
     volumes.update({f"sim-{k}": v for k, v in sim_vols.items()})
     log(f"{len(sim_vols)} simulated anatomies x {len(next(iter(sim_vols.values())))} protocols")
@@ -446,10 +460,14 @@ def main() -> None:
         "sites": {
             "ixi-hh": "real: IXI Hammersmith Hospital, Philips Intera 3T (targets: the "
                       "preprocessed brains; sources: protocol-shifted copies of them)",
-            **{s: f"simulated: harmonize_bids-simulate --protocols {s}" for s in SIM_TARGETS}},
+            **{s: f"simulated: harmonize_bids-simulate --protocols {s}"
+                  + ("; and the IXI brains re-rendered under that protocol "
+                     "(simulate.shift)" if args.ixi_site_copies else "")
+               for s in SIM_TARGETS}},
         "training_data": {
             "ixi_participants": used,
             "ixi_shifted_copies_per_image": args.shifted_copies,
+            "ixi_site_copies": SIM_TARGETS if args.ixi_site_copies else [],
             "simulated_label_maps": [p.name for p in train_labels],
             "simulated_anatomies": len(sim_vols),
             "random_source_protocols": [r.name for r in randoms],

@@ -835,3 +835,48 @@ def test_residual_scale_is_checked_stored_and_defaults_to_the_image():
     diffused = model.diffused(image, source)
     assert torch.allclose(diffused, 3.0 * (image - source[:, 1:2]))
     assert torch.allclose(model.image(diffused, source), image, atol=1e-6)
+
+
+def test_protocol_copies_of_a_real_image_become_sites_named_after_their_protocols():
+    """``add_protocol_copies`` adds the first image re-rendered under each named protocol
+    (bias-free, brain-normalized), with each protocol's grey/white contrast; a name already there is refused; ``add_shifted_copies`` draws
+    its random protocols and renders in the same order as before it was built on it."""
+    import dataclasses
+
+    from harmonize_bids.simulate.protocols import PROTOCOLS, random_protocol
+    from harmonize_bids.simulate.render import render
+    from harmonize_bids.simulate.shift import shift_real_image
+    from harmonize_bids.training.data import (add_protocol_copies, add_shifted_copies,
+                                              normalize_brain)
+    from toys import toy_labels
+
+    anat = toy_labels((24, 24, 16))
+    img, mask_img, dseg = render(anat, PROTOCOLS["philips3ttfe"], np.random.default_rng(0),
+                                 spacing_mm=2.0)
+    mask = np.asarray(mask_img.dataobj) > 0
+    real = normalize_brain(np.asarray(img.dataobj, np.float32), mask)
+    tissue = np.asarray(dseg.dataobj)
+    gm, wm = (tissue == 2) & mask, (tissue == 3) & mask
+
+    volumes, masks = {"a": {"ixi-hh": real.copy()}}, {"a": mask}
+    named = [PROTOCOLS["siemens3tmprage"], PROTOCOLS["ge15tspgr"]]
+    add_protocol_copies(volumes, masks, named, np.random.default_rng(3))
+    assert list(volumes["a"]) == ["ixi-hh", "siemens3tmprage", "ge15tspgr"]
+    np.testing.assert_array_equal(volumes["a"]["ixi-hh"], real)
+    gm_over_wm = {s: np.median(v[gm]) / np.median(v[wm]) for s, v in volumes["a"].items()}
+    # GM over WM of the protocols' tissue signals: philips3ttfe 0.68 < siemens3tmprage
+    # 0.73 < ge15tspgr 0.80 (partial volume of the toy head at 2 mm compresses them)
+    assert gm_over_wm["ixi-hh"] < gm_over_wm["siemens3tmprage"] < gm_over_wm["ge15tspgr"]
+    for v in volumes["a"].values():
+        assert np.percentile(v[mask], 99) == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(ValueError, match="already has an image of site 'ge15tspgr'"):
+        add_protocol_copies(volumes, masks, [PROTOCOLS["ge15tspgr"]], np.random.default_rng(3))
+
+    shifted = {"a": {"ixi-hh": real.copy()}}
+    add_shifted_copies(shifted, masks, 2, np.random.default_rng(7))
+    rng = np.random.default_rng(7)  # the loop it replaced
+    for k in range(2):
+        protocol = dataclasses.replace(random_protocol(rng, f"shifted{k}"), bias_strength=0.0)
+        expected = shift_real_image(real, mask, protocol, rng, spacing_mm=(2.0, 2.0, 2.0))
+        np.testing.assert_array_equal(shifted["a"][f"shifted{k}"],
+                                      normalize_brain(expected.astype(np.float32), mask))

@@ -220,14 +220,35 @@ def add_shifted_copies(volumes: dict[str, dict[str, np.ndarray]], masks: dict[st
     by the participant level) they stand for bias-corrected scans, and
     :class:`PairedSlices` adds the small residual bias N4 leaves.
     """
+    from harmonize_bids.simulate.protocols import random_protocol
+
+    for anat in volumes:
+        for k in range(n_copies):  # draw order as before: protocol, then its render
+            add_protocol_copies({anat: volumes[anat]}, masks,
+                                [random_protocol(rng, f"shifted{k}")], rng, spacing_mm)
+
+
+def add_protocol_copies(volumes: dict[str, dict[str, np.ndarray]], masks: dict[str, np.ndarray],
+                        protocols, rng: np.random.Generator,
+                        spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)) -> None:
+    """Add each anatomy's first image re-rendered under every one of ``protocols``
+    (:func:`~harmonize_bids.simulate.shift.shift_real_image`, bias-free as in
+    :func:`add_shifted_copies`), as the site named after the protocol.
+
+    With the names of model sites these copies are *targets* as well as sources: real
+    anatomy and texture at the simulated sites, which label-map renders alone do not
+    teach (``docs/model.md``, "Decisions of session 32").
+    """
     import dataclasses
 
-    from harmonize_bids.simulate.protocols import random_protocol
     from harmonize_bids.simulate.shift import shift_real_image
 
     for anat, by_site in volumes.items():
         real = next(iter(by_site.values()))
-        for k in range(n_copies):
-            protocol = dataclasses.replace(random_protocol(rng, f"shifted{k}"), bias_strength=0.0)
-            shifted = shift_real_image(real, masks[anat], protocol, rng, spacing_mm=spacing_mm)
-            by_site[f"shifted{k}"] = normalize_brain(shifted.astype(np.float32), masks[anat])
+        for protocol in protocols:
+            if protocol.name in by_site:
+                raise ValueError(f"{anat} already has an image of site '{protocol.name}'")
+            shifted = shift_real_image(real, masks[anat],
+                                       dataclasses.replace(protocol, bias_strength=0.0), rng,
+                                       spacing_mm=spacing_mm)
+            by_site[protocol.name] = normalize_brain(shifted.astype(np.float32), masks[anat])
