@@ -20,8 +20,10 @@ Methods: no harmonization; Nyul, WhiteStripe, z-score, ANTs histogram matching
 subject-kept whole-brain quantile match; ours with the app's defaults (2 chains x 5
 steps, slice levelling, vigintile match) and with the subject-kept match, placed among
 the dataset's own target-site scans (as the app does when it holds 3 or more; each
-subject's own truth left out) or on the model's stored target landmarks; and as
-sampled (slice-levelled, no intensity match).  Site
+subject's own truth left out) or on the model's stored target landmarks; onto the
+mean of the dataset's target-site scans without the subject part (what a scan from a
+site the dataset holds too few scans of gets, session 32); and as sampled
+(slice-levelled, no intensity match).  Site
 predictability is cross-validated with folds grouped by subject, and ours is paired
 with every peer by resampling the subjects (``site_predictability_paired``): 95%
 intervals of the difference that a handful of people could not give.
@@ -161,18 +163,20 @@ def landmark_statistics(landmarks: dict, leave_out: tuple[str, str] | None = Non
     return site_statistics(by_site)
 
 
-def dataset_reference_match(image, source_image, mask, model, target: str, source: str,
-                            statistics) -> np.ndarray:
-    """The subject-kept vigintile match placed among the dataset's own scans of the
-    target site, as the app does when the dataset holds 3 or more of them
-    (``scan_target_landmarks(..., target_site=)``, sidecar ``TissueIntensityReference``)."""
+def dataset_reference_match(image, source_image, mask, model, target: str,
+                            source: str | None, statistics) -> np.ndarray:
+    """The vigintile match placed among the dataset's own scans of the target site, as
+    the app does when the dataset holds 3 or more of them (``scan_target_landmarks(...,
+    target_site=)``, sidecar ``TissueIntensityReference``): subject-kept for a ``source``
+    site the dataset holds; onto their mean for ``source`` None (a scanner the dataset
+    holds too few scans of)."""
     from harmonize_bids.site_intensity import (SCHEMES, match_landmarks, scan_target_landmarks,
                                                target_landmarks, tissue_landmarks)
 
     own = tissue_landmarks(source_image, mask, SCHEMES["vigintiles"])
     choice = scan_target_landmarks(target_landmarks(model.config, target, "vigintiles"),
                                    statistics, source, own, target_site=target)
-    if choice.reference != "dataset":
+    if choice.reference != "dataset" or (choice.why_not_kept is None) != bool(source):
         raise RuntimeError(f"expected the dataset's scans of {target} as reference: {choice}")
     return match_landmarks(image, mask, choice.landmarks)
 
@@ -243,7 +247,8 @@ def main() -> None:
     target_index = model.config.site_index(args.target)
     ours = ("ours (default)", "ours + subject-kept match, dataset's target scans",
             "ours + subject-kept match, model's target landmarks",
-            "ours as sampled (--match-intensities none)")
+            "ours as sampled (--match-intensities none)",
+            "ours + mean of the dataset's target scans (source site with too few scans)")
     methods = ["no harmonization", *peers, BRAINQ, *ours]
     outputs = {m: {} for m in methods}
     seconds = {m: 0.0 for m in methods}
@@ -280,7 +285,10 @@ def main() -> None:
                 outputs[name][sub, source] = (
                     dataset_reference_match(levelled, src, mask, model, args.target, source,
                                             own_truth_out)
-                    if name == ours[1] else levelled if name == ours[3] else
+                    if name == ours[1] else
+                    dataset_reference_match(levelled, src, mask, model, args.target, None,
+                                            own_truth_out)
+                    if name == ours[4] else levelled if name == ours[3] else
                     matched(levelled, mask, model, args.target,
                             "vigintiles" + (SUBJECT if name == ours[2] else ""), src, source,
                             statistics))
@@ -313,7 +321,7 @@ def main() -> None:
         low, high = min(f.min() for f in folds), max(f.max() for f in folds)
         diffs = []
         for mine in ours[:2]:
-            if m in ours:
+            if m == mine:
                 diffs.append("")
                 continue
             res = paired_difference(features[m], features[mine], site_of, subject_of,
