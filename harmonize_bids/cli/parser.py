@@ -159,7 +159,7 @@ def _build_parser() -> argparse.ArgumentParser:
                             "true target image (benchmarks/results/"
                             "quality_vs_peers_deciles.md)")
     model.add_argument("--keep-subject-intensities", action=argparse.BooleanOptionalAction,
-                       default=None,
+                       default="auto",
                        help="map each brain onto the target site's tissue landmarks moved by "
                             "where the scan stands among its own site's scans in this dataset "
                             "(a z-score per landmark), so the match removes the scanner's "
@@ -174,8 +174,8 @@ def _build_parser() -> argparse.ArgumentParser:
                             "--target-site, then 'group --landmarks-only', then the "
                             "participant level with --target-site. By default it is used "
                             "whenever that file exists (OUTPUT_DIR/site_landmarks.json or "
-                            "--site-landmarks); --keep-subject-intensities requires it, "
-                            "--no-keep-subject-intensities matches every brain onto the "
+                            "--site-landmarks; 'auto'); --keep-subject-intensities requires "
+                            "it, --no-keep-subject-intensities matches every brain onto the "
                             "model's stored landmarks of the target site")
     model.add_argument("--site-landmarks", type=Path, metavar="FILE", default=None,
                        help="the dataset's site landmarks file the subject-kept tissue match "
@@ -281,7 +281,8 @@ def site_landmarks_for(opts: argparse.Namespace, output_dir: Path,
     """
     from harmonize_bids.derivatives import site_landmarks_path
 
-    keep = opts.keep_subject_intensities  # None: whenever the file exists
+    keep = opts.keep_subject_intensities
+    keep = None if keep == "auto" else keep  # None: whenever the file exists
     if keep is False and opts.site_landmarks is not None:
         raise UsageError("--site-landmarks is read by the subject-kept tissue match, which "
                          "--no-keep-subject-intensities turns off.")
