@@ -431,35 +431,57 @@ def test_scan_target_landmarks_says_why_it_falls_back_to_the_plain_match():
 
 def test_the_dataset_own_target_site_scans_are_the_reference_when_there_are_enough():
     """ComBat's reference batch: a scan on its site's mean lands on the mean of the
-    dataset's target-site scans (on the model's white-matter scale), a scan above it by
-    its z-score times the *target site's* spread, a scan from a site with too few scans
-    on that mean; with too few target-site scans the model's landmarks and the pooled
-    spread stay."""
+    dataset's target-site scans (on the model's white-matter scale; shrunk towards the
+    model's landmarks by the James-Stein weight), a scan above it by its z-score times
+    the *target site's* spread, a scan from a site with too few scans on that mean; with
+    too few target-site scans the model's landmarks and the pooled spread stay."""
     target = np.array([0.1, 0.3, 0.6, 0.8, 1.0])          # the model's, WM median 0.8
     mean_a = np.array([0.2, 0.4, 0.7, 1.0, 1.2])
     mean_t = np.array([0.25, 0.45, 0.65, 1.0, 1.3])       # the dataset's, WM units
     stats = {"a": si.SiteLandmarks(6, mean_a, np.full(5, 0.02)),
              "t": si.SiteLandmarks(4, mean_t, mean_t * 0.1),
              "few": si.SiteLandmarks(2, mean_t, mean_t * 0.1)}
-    on_mean, why, reference = si.scan_target_landmarks(target, stats, "a", mean_a,
-                                                       target_site="t")
-    assert why is None and reference == "dataset"
-    np.testing.assert_allclose(on_mean, mean_t * 0.8)
+    weight = si.reference_weight(target, mean_t * 0.8, mean_t * 0.1 * 0.8, 4)
+    assert 0.5 < weight < 1
+    reference = target + weight * (mean_t * 0.8 - target)
+    on_mean, why, whose = si.scan_target_landmarks(target, stats, "a", mean_a,
+                                                   target_site="t")
+    assert why is None and whose == "dataset"
+    np.testing.assert_allclose(on_mean, reference)
     above = mean_a + np.array([0, 0, 0.02, 0, 0])          # GM one sd above its site's mean
     moved, _, _ = si.scan_target_landmarks(target, stats, "a", above, target_site="t")
-    assert moved[2] == pytest.approx(0.65 * 0.8 * (1 + 0.1))
+    assert moved[2] == pytest.approx(reference[2] * (1 + 0.1))
     for site in ("few", "elsewhere", None):
-        out, why, reference = si.scan_target_landmarks(target, stats, "a", mean_a,
-                                                       target_site=site)
-        assert why is None and reference == "model"
+        out, why, whose = si.scan_target_landmarks(target, stats, "a", mean_a,
+                                                   target_site=site)
+        assert why is None and whose == "model"
         np.testing.assert_allclose(out, target)
     # a scan whose own site has too few scans (or is unknown) cannot keep its subject
-    # part, but still lands on the dataset's target-site mean, not the model's
+    # part, but still lands on the dataset's reference, not the model's landmarks
     for args in [(stats, "few", mean_a), (stats, "elsewhere", mean_a), (stats, None, mean_a),
                  (stats, "a", None)]:
-        out, why, reference = si.scan_target_landmarks(target, *args, target_site="t")
-        assert why and reference == "dataset"
-        np.testing.assert_allclose(out, mean_t * 0.8)
+        out, why, whose = si.scan_target_landmarks(target, *args, target_site="t")
+        assert why and whose == "dataset"
+        np.testing.assert_allclose(out, reference)
+
+
+def test_the_dataset_reference_shrinks_to_the_model_landmarks_within_its_noise():
+    """Target-site scans whose mean is within its own sampling noise of the model's
+    landmarks leave the model's (and the pooled spread); the more scans, the closer the
+    reference moves to their mean; the weight stays within [0, 1)."""
+    target = np.array([0.1, 0.3, 0.6, 0.8, 1.0])
+    close = target / 0.8 + np.array([0.005, -0.005, 0.005, 0, 0.005])  # WM units
+    far = target / 0.8 + np.array([0.05, 0.05, -0.05, 0, 0.05])
+    sd = np.full(5, 0.05)
+    for n in (3, 10):
+        stats = {"t": si.SiteLandmarks(n, close, sd)}
+        assert si.dataset_reference(target, stats, "t") is None
+        out, why, whose = si.scan_target_landmarks(target, stats, None, None, target_site="t")
+        assert whose == "model"
+        np.testing.assert_allclose(out, target)
+    weights = [si.reference_weight(target, far * 0.8, sd * 0.8, n) for n in (3, 10, 1000)]
+    assert 0 < weights[0] < weights[1] < weights[2] < 1
+    assert weights[2] > 0.99
 
 
 def test_harmonize_step_keeps_the_subject_part_with_the_dataset_site_landmarks(
