@@ -14,7 +14,9 @@ source site, onto the target site's landmarks moved by where this scan stands am
 its site's scans (:func:`~harmonize_bids.site_intensity.scan_target_landmarks`), so the
 match removes the scanner's part of the intensities and keeps the subject's; when the
 dataset holds enough scans of the target site itself, their landmark mean and spread
-stand for it (ComBat's reference batch; sidecar ``TissueIntensityReference``).
+stand for it where the model's landmarks do not fit them (ComBat's reference batch,
+shrunk towards the model's: :func:`~harmonize_bids.site_intensity.dataset_reference`;
+sidecar ``TissueIntensityReference``), for scans whose subject part cannot be kept too.
 
 A brain already at the target site is the reference the others are brought to:
 :func:`keep_std_image` writes it unchanged (as ComBat leaves its reference batch),
