@@ -184,14 +184,11 @@ def dataset_reference_match(image, source_image, mask, model, target: str,
 
 def reference_weight_of(model, target: str, statistics) -> float:
     """How far the dataset's target scans move the reference from the model's landmarks
-    (``site_intensity.reference_weight``; 0: the model's landmarks stay)."""
-    from harmonize_bids.site_intensity import (SCHEMES, reference_weight, target_landmarks,
-                                               wm_median_index)
+    (``site_intensity.target_site_weight``; 0: the model's landmarks stay)."""
+    from harmonize_bids.site_intensity import target_landmarks, target_site_weight
 
     stored = target_landmarks(model.config, target, "vigintiles")
-    wm = stored[wm_median_index(SCHEMES["vigintiles"])]  # the model's white-matter median
-    site = statistics[target]
-    return reference_weight(stored, site.mean * wm, site.sd * wm, site.images)
+    return target_site_weight(stored, statistics, target) or 0.0
 
 
 def main() -> None:

@@ -419,16 +419,28 @@ def dataset_reference(target: np.ndarray, statistics: Mapping[str, SiteLandmarks
     >>> dataset_reference(np.array([0.1, 0.2, 0.3, 0.5, 0.6]), stats, "t", min_images=4) is None
     True
     """
+    weight = target_site_weight(target, statistics, target_site, min_images)
+    if not weight:
+        return None
+    target = check_landmarks(target)
+    site = statistics[target_site]
+    mean = site.mean * target[wm_median_index(per_tissue_of(target))]
+    return (check_landmarks(target + weight * (mean - target)),
+            np.asarray(site.sd / site.mean, dtype=np.float64))
+
+
+def target_site_weight(target: np.ndarray, statistics: Mapping[str, SiteLandmarks],
+                       target_site: str | None, min_images: int = MIN_SITE_IMAGES
+                       ) -> float | None:
+    """:func:`reference_weight` of the dataset's scans of ``target_site`` against the
+    model's ``target`` landmarks (on their white-matter scale), or None when the dataset
+    holds fewer than ``min_images`` of them."""
     site = statistics.get(target_site) if target_site else None
     if site is None or site.images < min_images:
         return None
     target = check_landmarks(target)
     wm = target[wm_median_index(per_tissue_of(target))]
-    weight = reference_weight(target, site.mean * wm, site.sd * wm, site.images)
-    if weight == 0.0:
-        return None
-    return (check_landmarks(target + weight * (site.mean * wm - target)),
-            np.asarray(site.sd / site.mean, dtype=np.float64))
+    return reference_weight(target, site.mean * wm, site.sd * wm, site.images)
 
 
 def scan_target_landmarks(target: np.ndarray, statistics: Mapping[str, SiteLandmarks] | None,

@@ -299,7 +299,7 @@ def site_landmarks_for(opts: argparse.Namespace, output_dir: Path,
         return path
     if keep or opts.site_landmarks is not None:
         raise InputError(
-            f"--keep-subject-intensities needs the dataset's site landmarks, and {path} does "
+            f"The subject-kept tissue match needs the dataset's site landmarks, and {path} does "
             f"not exist: run the participant level without --target-site (preprocessing), "
             f"then '{bids_dir} {output_dir} group --landmarks-only', then this command again "
             f"(or give --site-landmarks).")

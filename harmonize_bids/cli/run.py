@@ -202,17 +202,23 @@ def build_workflow(settings: Settings):
         if settings.site_landmarks is not None:
             from harmonize_bids.dataset_landmarks import read_site_landmarks
             from harmonize_bids.diffusion.checkpoint import read_config
-            from harmonize_bids.site_intensity import MIN_SITE_IMAGES
+            from harmonize_bids.site_intensity import target_landmarks, target_site_weight
 
             # refuse a malformed file or one measured at another voxel size before any work
-            statistics = read_site_landmarks(settings.site_landmarks,
-                                             read_config(model_file).voxel_mm)
-            target_scans = getattr(statistics.get(settings.target_site), "images", 0)
+            config = read_config(model_file)
+            statistics = read_site_landmarks(settings.site_landmarks, config.voxel_mm)
+            try:  # for the log only: the harmonize step decides per scan
+                weight = target_site_weight(
+                    target_landmarks(config, settings.target_site, scheme), statistics,
+                    settings.target_site) if scheme != "none" else None
+            except ValueError:  # the file measured in another landmark scheme
+                weight = None
             LOGGER.info("Tissue intensities keep each scan's place among its site's scans "
                         "(%s: %s); the target site's landmarks: %s", settings.site_landmarks,
                         ", ".join(f"{site} {s.images}" for site, s in sorted(statistics.items())),
-                        f"the mean of the dataset's {target_scans} scans of it"
-                        if target_scans >= MIN_SITE_IMAGES else "the model's stored ones")
+                        "the model's stored ones" if not weight else
+                        f"moved from the model's stored ones towards the dataset's own scans "
+                        f"of it by a weight of {weight:.2f}")
         elif scheme != "none":
             from harmonize_bids.derivatives import site_landmarks_path
 
