@@ -84,7 +84,8 @@ def main() -> None:
     from harmonize_bids.site_intensity import (MIN_SITE_IMAGES, SCHEMES, match_landmarks,
                                                scan_target_landmarks,
                                                site_statistics, subject_landmarks,
-                                               target_landmarks, tissue_landmarks)
+                                               target_landmarks, target_site_weight,
+                                               tissue_landmarks)
 
     t0 = time.monotonic()
     model_file = args.model or bundled_model()
@@ -130,6 +131,7 @@ def main() -> None:
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(source_dir, dest)
+    weights: list[float] = []
     for img, path, truth in pairs:
         if img.site not in kept:
             landmarks = target
@@ -144,8 +146,14 @@ def main() -> None:
             if choice.why_not_kept:
                 print(f"{img.participant}: plain match ({choice.why_not_kept})")
             elif choice.reference != args.target_reference:
-                raise SystemExit(f"{img.participant}: matched onto the {choice.reference}'s "
-                                 "landmarks")
+                if args.target_reference == "model":
+                    raise SystemExit(f"{img.participant}: matched onto the "
+                                     f"{choice.reference}'s landmarks")
+                print(f"{img.participant}: the model's target landmarks (the dataset's "
+                      "target scans are within their own noise of them)")
+            if args.target_reference == "dataset":
+                weights.append(target_site_weight(target, statistics_for(img.anatomy),
+                                                  args.target, fewest) or 0.0)
         image = nb.load(path)
         matched = match_landmarks(load(path), load(truth.brain_mask) > 0, landmarks)
         nb.Nifti1Image(matched, image.affine, image.header).to_filename(
@@ -167,6 +175,10 @@ def main() -> None:
               "", f"site predictability {res['site_predictability'][args.target]:.2f} ± "
               f"{res['site_predictability_sd'][args.target]:.2f} "
               f"(chance {res['chance'][args.target]:.2f})", ""]
+    if weights:
+        lines[-1:] = [f"dataset reference's weight against the model's landmarks "
+                      f"(`site_intensity.reference_weight`): {min(weights):.2f}-"
+                      f"{max(weights):.2f}, mean {np.mean(weights):.2f}", ""]
     text = "\n".join(lines)
     print(text)
     if args.results:
