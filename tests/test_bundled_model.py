@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nb
 import numpy as np
@@ -34,6 +35,14 @@ def test_bundled_model_loads_and_its_card_is_complete(bundled):
     assert card["training_data"]["held_out_ixi_participants"]  # track B of the benchmark
     # the card describes the very file beside it (not a renamed copy of another one)
     assert card["weights"] == bundled.name and card["sha256"] == file_sha256(bundled)
+
+
+def test_bundled_card_names_results_files_that_exist(bundled):
+    """The card's ``metrics`` point users to benchmark tables of this very model."""
+    _, card = load_model(bundled)
+    root = Path(__file__).resolve().parents[1]
+    assert card["metrics"]
+    assert [m for m in card["metrics"] if not (root / m).is_file()] == []
 
 
 def test_model_info_without_model_prints_the_bundled_card(bundled, capsys):
