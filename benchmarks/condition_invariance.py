@@ -95,21 +95,6 @@ def slice_features(cond: np.ndarray, image: np.ndarray, inside: np.ndarray,
     return np.array(fc), np.array(fx)
 
 
-def render_volumes(cache: Path) -> tuple[dict, dict]:
-    """Track C's cached renders (`real_anatomy_sites.py --cache`): ({subject: {protocol:
-    normalized brain}}, {subject: brain mask}); rescans and chains are left out."""
-    volumes, masks = {}, {}
-    for path in sorted(cache.glob("sub-*_seed*.npz")):
-        stored = np.load(path)
-        subject = path.stem.split("_seed")[0]
-        masks[subject] = stored["tissue"] > 0
-        volumes[subject] = {k: stored[k] for k in stored.files
-                            if k != "tissue" and not k.startswith("rescan_")}
-    if not volumes:
-        raise SystemExit(f"no renders (sub-*_seed*.npz) in {cache}")
-    return volumes, masks
-
-
 def channel_correlation(a: np.ndarray, b: np.ndarray, inside: np.ndarray) -> float:
     """Mean over channels of the in-brain correlation of two condition stacks.
 
@@ -141,6 +126,7 @@ def main() -> None:
     from harmonize_bids.metrics import repeated_site_accuracy
     from harmonize_bids.simulate.dataset import label_map_of
     from harmonize_bids.utils.cpu import configure_cpu
+    from real_anatomy_sites import cached_renders
     from results_file import write_results
     from train_simulated import ras_volumes
 
@@ -157,38 +143,31 @@ def main() -> None:
     model, _ = load_model(args.model or bundled_model())
     model.eval()
     is_cache = any(args.dataset.glob("sub-*_seed*.npz"))
-    volumes, masks = (render_volumes if is_cache else ras_volumes)(args.dataset)
+    volumes, masks = (cached_renders if is_cache else ras_volumes)(args.dataset)
 
-    conds: dict[tuple[str, str], np.ndarray] = {}
     feats: dict[tuple[str, str], list[np.ndarray]] = {}
+    pair_c: dict[tuple[str, str], list[float]] = {}
+    pair_x: dict[tuple[str, str], list[float]] = {}
     sites, groups = [], []
     for anat, by_site in sorted(volumes.items()):
         zs = brain_slices(masks[anat], args.slice_step)
         inside = np.moveaxis(masks[anat][:, :, zs], -1, 0)
+        conds, images = {}, {}
         for site, vol in sorted(by_site.items()):
-            c = condition_maps(model, vol, zs)
-            conds[(anat, site)] = c
-            image = np.moveaxis(vol[:, :, zs], -1, 0)
+            conds[site] = condition_maps(model, vol, zs)
+            images[site] = np.moveaxis(vol[:, :, zs], -1, 0)
             for probe, texture in PROBES.items():
-                fc, fx = slice_features(c, image, inside, texture)
+                fc, fx = slice_features(conds[site], images[site], inside, texture)
                 feats.setdefault((probe, "c"), []).append(fc)
                 feats.setdefault((probe, "image"), []).append(fx)
             sites += [site] * len(zs)
             groups += [label_map_of(anat)] * len(zs)
-        print(f"{anat}: {len(by_site)} sites, {len(zs)} slices", flush=True)
-
-    pair_c: dict[tuple[str, str], list[float]] = {}
-    pair_x: dict[tuple[str, str], list[float]] = {}
-    for anat, by_site in volumes.items():
-        zs = brain_slices(masks[anat], args.slice_step)
-        inside = np.moveaxis(masks[anat][:, :, zs], -1, 0)
         for s1, s2 in itertools.combinations(sorted(by_site), 2):
             pair_c.setdefault((s1, s2), []).append(
-                channel_correlation(conds[(anat, s1)], conds[(anat, s2)], inside))
-            x1 = np.moveaxis(by_site[s1][:, :, zs], -1, 0)
-            x2 = np.moveaxis(by_site[s2][:, :, zs], -1, 0)
+                channel_correlation(conds[s1], conds[s2], inside))
             pair_x.setdefault((s1, s2), []).append(
-                float(np.corrcoef(x1[inside], x2[inside])[0, 1]))
+                float(np.corrcoef(images[s1][inside], images[s2][inside])[0, 1]))
+        print(f"{anat}: {len(by_site)} sites, {len(zs)} slices", flush=True)
 
     chance = 1 / len(set(sites))
     lines = ["| what | condition c | normalized image |", "|---|---|---|",
@@ -212,8 +191,8 @@ def main() -> None:
               for site in sorted(recalls["c"])]
     lines += ["", "Same-anatomy correlation per pair of sites (mean over anatomies):", "",
               "| sites | condition c | normalized image |", "|---|---|---|"]
-    lines += [f"| {s1} / {s2} | {np.mean(pair_c[pair]):.3f} | {np.mean(pair_x[pair]):.3f} |"
-              for pair in sorted(pair_c) for s1, s2 in [pair]]
+    lines += [f"| {s1} / {s2} | {np.mean(cs):.3f} | {np.mean(pair_x[(s1, s2)]):.3f} |"
+              for (s1, s2), cs in sorted(pair_c.items())]
     details = (f"model {args.model or 'bundled'}; {len(volumes)} anatomies of "
                f"{len(set(groups))} subjects x {len(set(sites))} sites, every "
                f"{args.slice_step}th axial slice with brain ({len(sites)} slices); "

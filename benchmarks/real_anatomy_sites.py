@@ -131,6 +131,19 @@ def renders(real: dict, masks: dict, protocols: list[str], target: str, voxel_mm
     return images, rescans, tissues
 
 
+def cached_renders(cache: Path) -> tuple[dict, dict]:
+    """What :func:`renders` left in ``cache``, for other benchmarks: ({subject:
+    {protocol: normalized brain}}, {subject: brain mask}); rescans and chains left out."""
+    volumes, masks = {}, {}
+    for path in sorted(cache.glob("sub-*_seed*.npz")):
+        stored = np.load(path)
+        subject = path.stem.split("_seed")[0]
+        masks[subject] = stored["tissue"] > 0
+        volumes[subject] = {k: stored[k] for k in stored.files
+                            if k != "tissue" and not k.startswith("rescan_")}
+    return volumes, masks
+
+
 def quantile_peer(images: dict, masks: dict, sources: list[str], target: str):
     """``f(subject, source) -> image``: the subject-kept whole-brain quantile match onto
     the other subjects' target renders (``quality_vs_peers.brain_quantile_peer``)."""
