@@ -274,6 +274,14 @@ def main() -> None:
                         help="weight of the output-consistency term: the predictions from "
                              "the same anatomy at two source sites must agree "
                              "(TrainConfig.output_consistency_weight; 0: off)")
+    parser.add_argument("--source-noise", type=float, default=0.0, metavar="SHARE",
+                        help="share of training sources given extra Rician noise "
+                             "(PairedSlices.source_noise; 0: off, as the bundled model), so "
+                             "the condition-consistency loss teaches c to ignore a scanner's "
+                             "SNR (docs/model.md, session 34)")
+    parser.add_argument("--noise-sigma", type=float, default=0.1,
+                        help="that noise's largest sigma, in normalized units (the brain's "
+                             "99th percentile is 1); each source draws U(0, this)")
     parser.add_argument("--edge-weight", type=float, default=0.0,
                         help="extra weight of the diffusion loss in the brain's outer band "
                              "(TrainConfig.edge_weight; 0: off)")
@@ -412,7 +420,8 @@ def main() -> None:
     crop = training_crop(args.patch_size, volumes, config.multiple)
     log(f"training crops {crop[0]} x {crop[1]}")
     data = PairedSlices(volumes, list(MODEL_SITES), context_slices=config.context_slices,
-                        crop=crop, augment=1.5, fill_background=config.fill_background)
+                        crop=crop, augment=1.5, fill_background=config.fill_background,
+                        source_noise=args.source_noise, noise_sigma=args.noise_sigma)
     device = resolve_device(args.device)
     train_config = TrainConfig(lr=2e-4, bf16=use_bf16(device), log_every=200, seed=0,
                                distribution_weight=args.distribution_weight,
@@ -491,6 +500,8 @@ def main() -> None:
                      "source_input": config.source_input,
                      "fill_background": config.fill_background,
                      "thick_slice_blur": data.slice_blur,
+                     "source_noise": {"share": data.source_noise,
+                                      "max_sigma": data.noise_sigma},
                      **({"initialized_from": init,
                          "total_steps_including_initialization":
                              (init["total_steps"] or 0) + loop.step} if init else {}),

@@ -589,6 +589,38 @@ def test_thick_slice_blur_smooths_one_axis_and_keeps_the_stack_shape():
                    for x in range(13) for y in range(13) for z in range(1, 11))
 
 
+def test_added_noise_is_rician_inside_the_brain_only_and_seeded():
+    from harmonize_bids.training.data import added_noise
+
+    x = np.zeros((3, 64, 64), np.float32)
+    x[:, 8:56, 8:56] = 1.0
+    noisy = [added_noise(x, np.random.default_rng(seed), 0.2) for seed in range(6)]
+    assert np.array_equal(noisy[0], added_noise(x, np.random.default_rng(0), 0.2))
+    for y in noisy:
+        assert y.shape == x.shape and y.dtype == np.float32
+        assert np.all(y[x == 0] == 0)  # the background stays zero
+        assert np.all(y >= 0)  # a magnitude image
+        assert y[x > 0].std() < 0.2 * 1.1  # sigma ~ U(0, 0.2) at signal 1
+    assert max(y[x > 0].std() for y in noisy) > 0.05  # some seeds add real noise
+    assert np.array_equal(added_noise(x, np.random.default_rng(0), 0.0), x)
+
+
+def test_source_noise_reaches_sources_only():
+    from harmonize_bids.training.data import PairedSlices
+
+    flat = np.zeros((24, 24, 8), np.float32)
+    flat[2:22, 2:22] = 0.5
+    vols = {"a": {"s": flat, "t": flat.copy()}}
+    kw = dict(crop=(16, 16), slice_blur=0.0, augment=0.0, residual_bias=0.0)
+    quiet = PairedSlices(vols, ["s", "t"], **kw).sample(8, np.random.default_rng(0))
+    loud = PairedSlices(vols, ["s", "t"], source_noise=1.0, noise_sigma=0.2,
+                        **kw).sample(8, np.random.default_rng(0))
+    inside = quiet.source > 0
+    assert quiet.source[inside].std() == 0
+    assert loud.source[inside].std() > 0.01 and loud.source_alt[inside].std() > 0.01
+    assert loud.target[loud.target > 0].std() == 0  # targets are never made noisier
+
+
 def test_bundle_model_keeps_the_tensors_and_records_what_it_replaced(tmp_path):
     import importlib.util
     from pathlib import Path

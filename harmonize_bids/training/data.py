@@ -11,7 +11,9 @@ brain is 1).  A batch pairs, for random anatomies and axial slices:
   ``slice_blur`` of the samples, blurred along one random axis as thick slices
   would blur it (:func:`thick_slice_blur`: 2-7 mm FWHM at 2 mm voxels; clinical
   scans with 5 mm slices are common, and a model that reads the source stack
-  must learn not to copy their blur);
+  must learn not to copy their blur) and, in a share ``source_noise``, given extra
+  Rician noise (:func:`added_noise`: an older or faster scanner's lower SNR; the
+  condition-consistency loss then asks c to ignore it);
 - ``source_alt``: the same slices at another random site (for the
   condition-consistency loss);
 - ``target`` ``[B x 1 x H x W]``: the slice at a random *target* site (a site
@@ -96,6 +98,22 @@ def thick_slice_blur(vol: np.ndarray, z: int, k: int, box: tuple[slice, slice],
     return block[:, :, margin:block.shape[2] - margin]
 
 
+def added_noise(stack: np.ndarray, rng: np.random.Generator, max_sigma: float) -> np.ndarray:
+    """``stack`` with Rician noise of sigma ~ U(0, ``max_sigma``) inside the brain
+    (non-zero voxels; normalized units, the brain's 99th percentile is 1), as a scanner
+    with a lower SNR would have measured it; the background stays zero.
+
+    >>> x = np.zeros((1, 4, 4), np.float32); x[0, 1:3, 1:3] = 0.5
+    >>> y = added_noise(x, np.random.default_rng(0), 0.1)
+    >>> bool(np.all(y[x == 0] == 0)), bool(np.all(y[x > 0] >= 0)), bool(np.any(y != x))
+    (True, True, True)
+    """
+    sigma = float(rng.uniform(0, max_sigma))
+    real = stack + sigma * rng.standard_normal(stack.shape).astype(np.float32)
+    imag = sigma * rng.standard_normal(stack.shape).astype(np.float32)
+    return np.where(stack > 0, np.hypot(real, imag), 0).astype(np.float32)
+
+
 def _filled(by_site: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
     """One anatomy's volumes with the background filled around their common brain."""
     from scipy import ndimage as ndi
@@ -114,9 +132,12 @@ class PairedSlices:
                  *, context_slices: int = 1, crop: tuple[int, int] = (64, 64),
                  augment: float = 1.0, balance_target_sites: bool = True,
                  residual_bias: float = 0.05, slice_blur: float = 0.25,
+                 source_noise: float = 0.0, noise_sigma: float = 0.1,
                  fill_background: int = 0):
         self.volumes = volumes
         self.slice_blur = slice_blur
+        self.source_noise = source_noise
+        self.noise_sigma = noise_sigma
         self.residual_bias = residual_bias
         self.balance_target_sites = balance_target_sites
         self.target_sites = list(target_sites)
@@ -164,11 +185,13 @@ class PairedSlices:
 
     def _source(self, vol: np.ndarray, z: int, x0: int, y0: int, rng: np.random.Generator
                 ) -> np.ndarray:
-        """A source stack: maybe thick-slice blurred, intensity-augmented, with a random
-        residual bias."""
+        """A source stack: maybe thick-slice blurred, maybe noisier, intensity-augmented,
+        with a random residual bias."""
         blur = self.slice_blur > 0 and rng.random() < self.slice_blur
-        stack = augment_intensity(self._stack(vol, z, x0, y0, rng if blur else None), rng,
-                                  self.augment)
+        stack = self._stack(vol, z, x0, y0, rng if blur else None)
+        if self.source_noise > 0 and rng.random() < self.source_noise:
+            stack = added_noise(stack, rng, self.noise_sigma)
+        stack = augment_intensity(stack, rng, self.augment)
         if self.residual_bias > 0:
             stack = stack * residual_bias(stack.shape[1:], rng, self.residual_bias)
         return stack
