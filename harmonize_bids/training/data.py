@@ -108,10 +108,10 @@ def added_noise(stack: np.ndarray, rng: np.random.Generator, max_sigma: float) -
     >>> bool(np.all(y[x == 0] == 0)), bool(np.all(y[x > 0] >= 0)), bool(np.any(y != x))
     (True, True, True)
     """
-    sigma = float(rng.uniform(0, max_sigma))
-    real = stack + sigma * rng.standard_normal(stack.shape).astype(np.float32)
-    imag = sigma * rng.standard_normal(stack.shape).astype(np.float32)
-    return np.where(stack > 0, np.hypot(real, imag), 0).astype(np.float32)
+    from harmonize_bids.simulate.artifacts import rician_noise
+
+    noisy = rician_noise(stack, float(rng.uniform(0, max_sigma)), rng)
+    return np.where(stack > 0, noisy, 0).astype(np.float32)
 
 
 def _filled(by_site: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
