@@ -282,6 +282,10 @@ def main() -> None:
     parser.add_argument("--noise-sigma", type=float, default=0.1,
                         help="that noise's largest sigma, in normalized units (the brain's "
                              "99th percentile is 1); each source draws U(0, this)")
+    parser.add_argument("--sampler-share", type=float, default=0.0, metavar="SHARE",
+                        help="share of training timesteps drawn from the app's 5-step "
+                             "chain (TrainConfig.sampler_share; 0: all uniform, as the "
+                             "bundled model; docs/model.md, session 35)")
     parser.add_argument("--edge-weight", type=float, default=0.0,
                         help="extra weight of the diffusion loss in the brain's outer band "
                              "(TrainConfig.edge_weight; 0: off)")
@@ -426,7 +430,8 @@ def main() -> None:
     train_config = TrainConfig(lr=2e-4, bf16=use_bf16(device), log_every=200, seed=0,
                                distribution_weight=args.distribution_weight,
                                output_consistency_weight=args.output_consistency_weight,
-                               edge_weight=args.edge_weight, edge_width=args.edge_width)
+                               edge_weight=args.edge_weight, edge_width=args.edge_width,
+                               sampler_share=args.sampler_share)
     loop = TrainLoop(model, lambda r: data.sample(args.batch_size, r),
                      train_config, device=device)
     run_dir = work / args.run_name if args.run_name else work
@@ -493,6 +498,8 @@ def main() -> None:
                      "output_consistency_weight": train_config.output_consistency_weight,
                      "edge_weight": train_config.edge_weight,
                      "edge_width": train_config.edge_width,
+                     "sampler_timesteps": {"share": train_config.sampler_share,
+                                           "steps": train_config.sampler_steps},
                      "simulated_bias_field": (
                          "the protocols' own, then N4-corrected (--n4-renders)"
                          if args.n4_renders else "none (bias-free renders)")

@@ -311,6 +311,36 @@ def test_train_config_switches_checkpointing_on_in_every_unet():
     assert len(flags) >= 2 and all(flags)
 
 
+def test_sampler_timesteps_put_their_share_on_the_chain_and_the_rest_uniform():
+    """A share of the timesteps lands on the app's chain (t = 0 excluded), the rest
+    spreads over [0, T); without a share the loop keeps its uniform draws exactly."""
+    from harmonize_bids.training.loop import (
+        SamplerTimesteps,
+        TrainConfig,
+        TrainLoop,
+        UniformTimesteps,
+    )
+
+    chain = {t for t in respace(1000, 5) if t > 0}
+    t, w = SamplerTimesteps(1000, share=0.5).sample(20000,
+                                                    torch.Generator().manual_seed(0))
+    on_chain = np.isin(t.numpy(), sorted(chain))
+    # uniform draws hit the 4 chain steps 0.4% of the time: 0.5 + 0.5 * 0.004
+    assert abs(on_chain.mean() - 0.502) < 0.015, on_chain.mean()
+    rest = t.numpy()[~on_chain]
+    assert rest.min() < 20 and rest.max() > 980 and abs(rest.mean() - 499.5) < 15
+    assert torch.equal(w, torch.ones(20000))
+    assert 0 not in set(SamplerTimesteps(1000, share=1.0).sample(
+        500, torch.Generator().manual_seed(1))[0].tolist())
+    with pytest.raises(ValueError, match="share"):
+        SamplerTimesteps(1000, share=1.5)
+
+    model = tiny_model()
+    assert type(TrainLoop(model, lambda rng: None, TrainConfig()).timesteps) is UniformTimesteps
+    chained = TrainLoop(model, lambda rng: None, TrainConfig(sampler_share=0.3, sampler_steps=10))
+    assert set(chained.timesteps.chain.tolist()) == {t for t in respace(1000, 10) if t > 0}
+
+
 @pytest.mark.parametrize("balance, expected_share", [(True, 0.5), (False, 0.1)])
 def test_paired_slices_balance_target_sites(balance, expected_share):
     """Balanced: each target site gets the same share of batches, however many

@@ -35,7 +35,7 @@ import torch
 from torch.nn import functional as F
 
 from harmonize_bids.diffusion.model import HarmonizationModel
-from harmonize_bids.diffusion.schedule import NoiseSchedule, loss_weight
+from harmonize_bids.diffusion.schedule import NoiseSchedule, loss_weight, respace
 from harmonize_bids.training.data import Batch
 
 
@@ -64,6 +64,11 @@ class TrainConfig:
     #: session 23) and the band's width in pixels (:func:`edge_band_weights`)
     edge_weight: float = 0.0
     edge_width: int = 3
+    #: share of each batch's timesteps drawn from the skip sampler's own chain
+    #: (``respace(T, sampler_steps)`` without t = 0; :class:`SamplerTimesteps`), the rest
+    #: uniform; 0: all uniform, as before session 35
+    sampler_share: float = 0.0
+    sampler_steps: int = 5
 
 
 def edge_band_weights(brain: torch.Tensor, width: int, edge_weight: float) -> torch.Tensor:
@@ -117,6 +122,43 @@ class UniformTimesteps:
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.randint(0, self.num_steps, (n,), generator=generator)
         return t, torch.ones(n)
+
+
+class SamplerTimesteps(UniformTimesteps):
+    """Uniform timesteps, but a ``share`` of them taken from the skip sampler's chain.
+
+    The app's sampler evaluates the network at only ``sampler_steps`` timesteps
+    (:func:`~harmonize_bids.diffusion.schedule.respace`); a short training run spends
+    most of its samples elsewhere. Drawing a share of each batch from the chain itself
+    (t = 0 left out: there the clean image is the input and the loss weight is ~0)
+    trains those steps more often while the uniform rest keeps every other step count
+    usable. Returns ``(t, weights)`` with unit weights, as :class:`UniformTimesteps`.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> t, _ = SamplerTimesteps(1000, share=1.0, sampler_steps=5).sample(400, g)
+    >>> sorted(set(t.tolist()))
+    [250, 500, 749, 999]
+    """
+
+    def __init__(self, num_steps: int, share: float, sampler_steps: int = 5):
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"share must be in (0, 1], got {share}")
+        super().__init__(num_steps)
+        self.share = share
+        self.chain = torch.tensor([t for t in respace(num_steps, sampler_steps) if t > 0])
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        t, weights = super().sample(n, generator)
+        on_chain = torch.rand(n, generator=generator) < self.share
+        picks = self.chain[torch.randint(0, len(self.chain), (n,), generator=generator)]
+        return torch.where(on_chain, picks, t), weights
+
+
+def timestep_sampler(num_steps: int, config: TrainConfig) -> UniformTimesteps:
+    """The training loop's timestep sampler: uniform unless ``config.sampler_share``."""
+    if config.sampler_share:
+        return SamplerTimesteps(num_steps, config.sampler_share, config.sampler_steps)
+    return UniformTimesteps(num_steps)
 
 
 def training_losses(model: HarmonizationModel, schedule: NoiseSchedule, batch: Batch,
@@ -251,7 +293,7 @@ class TrainLoop:
         self.sample_batch = sample_batch
         self.config = config
         self.schedule = model.schedule()
-        self.timesteps = UniformTimesteps(self.schedule.num_steps)
+        self.timesteps = timestep_sampler(self.schedule.num_steps, config)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay)
         self.ema = copy.deepcopy(model).eval()
