@@ -35,7 +35,12 @@ import torch
 from torch.nn import functional as F
 
 from harmonize_bids.diffusion.model import HarmonizationModel
-from harmonize_bids.diffusion.schedule import NoiseSchedule, loss_weight, respace
+from harmonize_bids.diffusion.schedule import (
+    NoiseSchedule,
+    SamplerSettings,
+    loss_weight,
+    respace,
+)
 from harmonize_bids.training.data import Batch
 
 
@@ -68,7 +73,7 @@ class TrainConfig:
     #: (``respace(T, sampler_steps)`` without t = 0; :class:`SamplerTimesteps`), the rest
     #: uniform; 0: all uniform, as before session 35
     sampler_share: float = 0.0
-    sampler_steps: int = 5
+    sampler_steps: int = SamplerSettings.steps
 
 
 def edge_band_weights(brain: torch.Tensor, width: int, edge_weight: float) -> torch.Tensor:
@@ -140,7 +145,8 @@ class SamplerTimesteps(UniformTimesteps):
     [250, 500, 749, 999]
     """
 
-    def __init__(self, num_steps: int, share: float, sampler_steps: int = 5):
+    def __init__(self, num_steps: int, share: float,
+                 sampler_steps: int = SamplerSettings.steps):
         if not 0.0 < share <= 1.0:
             raise ValueError(f"share must be in (0, 1], got {share}")
         super().__init__(num_steps)
