@@ -286,6 +286,12 @@ def main() -> None:
                         help="share of training timesteps drawn from the app's 5-step "
                              "chain (TrainConfig.sampler_share; 0: all uniform, as the "
                              "bundled model; docs/model.md, session 35)")
+    parser.add_argument("--learning-rate", type=float, default=2e-4, metavar="LR",
+                        help="AdamW learning rate (TrainConfig.lr)")
+    parser.add_argument("--warmup-steps", type=int, default=0, metavar="N",
+                        help="optimizer steps over which the learning rate rises linearly "
+                             "to --learning-rate (TrainConfig.warmup_steps; 0: none, as the "
+                             "bundled model; docs/model.md, session 36)")
     parser.add_argument("--edge-weight", type=float, default=0.0,
                         help="extra weight of the diffusion loss in the brain's outer band "
                              "(TrainConfig.edge_weight; 0: off)")
@@ -427,7 +433,8 @@ def main() -> None:
                         crop=crop, augment=1.5, fill_background=config.fill_background,
                         source_noise=args.source_noise, noise_sigma=args.noise_sigma)
     device = resolve_device(args.device)
-    train_config = TrainConfig(lr=2e-4, bf16=use_bf16(device), log_every=200, seed=0,
+    train_config = TrainConfig(lr=args.learning_rate, warmup_steps=args.warmup_steps,
+                               bf16=use_bf16(device), log_every=200, seed=0,
                                distribution_weight=args.distribution_weight,
                                output_consistency_weight=args.output_consistency_weight,
                                edge_weight=args.edge_weight, edge_width=args.edge_width,
@@ -491,7 +498,9 @@ def main() -> None:
                    "acknowledge the IXI dataset when redistributing these weights.",
             "SynthSeg label maps": "Apache-2.0 (SynthSeg project)"},
         "training": {"steps": loop.step, "batch_size": args.batch_size, "patch_size": list(crop),
-                     "learning_rate": 2e-4, "minutes": round(trained_s / 60, 1),
+                     "learning_rate": train_config.lr,
+                     "warmup_steps": train_config.warmup_steps,
+                     "minutes": round(trained_s / 60, 1),
                      "bf16": train_config.bf16, "threads": args.threads,
                      "max_loss_weight": train_config.max_loss_weight,
                      "distribution_weight": train_config.distribution_weight,

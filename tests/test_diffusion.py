@@ -248,10 +248,9 @@ def test_untrusted_model_files_are_refused(tmp_path):
 
 
 # ------------------------------------------------------------------ training
-@pytest.mark.parametrize("source_input,residual_scale", [(False, 0.0), (True, 0.0), (True, 3.0)])
-def test_tiny_model_trains_and_loss_drops(source_input, residual_scale):
+def toy_paired_slices():
+    """Training pairs of one toy anatomy at two model sites and one source protocol."""
     from harmonize_bids.training.data import PairedSlices, normalize_brain
-    from harmonize_bids.training.loop import TrainConfig, TrainLoop, training_losses
     from harmonize_bids.simulate.protocols import PROTOCOLS
     from harmonize_bids.simulate.render import render
     from toys import toy_labels
@@ -262,7 +261,14 @@ def test_tiny_model_trains_and_loss_drops(source_input, residual_scale):
         img, mask, _ = render(anat, PROTOCOLS[name], np.random.default_rng(0))
         volumes["toy"][name] = normalize_brain(np.asarray(img.dataobj, float),
                                                np.asarray(mask.dataobj))
-    data = PairedSlices(volumes, ["siemens3tmprage", "ge15tspgr"], crop=(16, 16))
+    return PairedSlices(volumes, ["siemens3tmprage", "ge15tspgr"], crop=(16, 16))
+
+
+@pytest.mark.parametrize("source_input,residual_scale", [(False, 0.0), (True, 0.0), (True, 3.0)])
+def test_tiny_model_trains_and_loss_drops(source_input, residual_scale):
+    from harmonize_bids.training.loop import TrainConfig, TrainLoop, training_losses
+
+    data = toy_paired_slices()
     model = tiny_model(sites=("siemens3tmprage", "ge15tspgr"), source_input=source_input,
                        residual_scale=residual_scale)
     loop = TrainLoop(model, lambda rng: data.sample(8, rng), TrainConfig(lr=2e-3, seed=0))
@@ -282,6 +288,73 @@ def test_tiny_model_trains_and_loss_drops(source_input, residual_scale):
     assert len(history) == 60 and loop.step == 60
     assert after < 0.7 * before, (before, after)
     assert {"diffusion", "consistency", "adversary", "loss"} <= set(history[-1])
+
+
+def test_warmup_raises_the_learning_rate_linearly_before_the_step():
+    """With a warm-up the optimizer's rate rises lr/N, 2 lr/N, ... and then stays; it is
+    set before each step, so the first step moves the weights by about lr/N (Adam's
+    first step is lr * sign of the gradient), not lr."""
+    from harmonize_bids.training.loop import TrainConfig, TrainLoop
+
+    data = toy_paired_slices()
+    moves, rates = {}, {}
+    for warmup in (0, 4):
+        model = tiny_model(sites=("siemens3tmprage", "ge15tspgr"))
+        before = [p.detach().clone() for p in model.parameters()]
+        loop = TrainLoop(model, lambda rng: data.sample(4, rng),
+                         TrainConfig(lr=1e-3, warmup_steps=warmup, seed=0))
+        loop.run_step()
+        moves[warmup] = max(float((p.detach() - b).abs().max())
+                            for p, b in zip(model.parameters(), before))
+        rates[warmup] = [loop.optimizer.param_groups[0]["lr"]]
+        for _ in range(4):
+            loop.run_step()
+            rates[warmup].append(loop.optimizer.param_groups[0]["lr"])
+    assert rates[0] == pytest.approx([1e-3] * 5)
+    assert rates[4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    assert moves[0] == pytest.approx(1e-3, rel=0.05)
+    assert moves[4] == pytest.approx(2.5e-4, rel=0.05)
+
+
+def test_resuming_from_a_saved_state_continues_the_uninterrupted_run(tmp_path):
+    """2 steps, save, a fresh loop loads and takes 2 more: the same weights, EMA and
+    history as 4 steps in one go (batches, timesteps and noise continue too)."""
+    from harmonize_bids.training.loop import TrainConfig, TrainLoop, load_state, save_state
+
+    data = toy_paired_slices()
+    config = TrainConfig(lr=1e-3, warmup_steps=3, seed=0)
+
+    def new_loop():
+        return TrainLoop(tiny_model(sites=("siemens3tmprage", "ge15tspgr")),
+                         lambda rng: data.sample(4, rng), config)
+
+    straight = new_loop()
+    straight.run(4)
+    first = new_loop()
+    first.run(2)
+    save_state(first, tmp_path / "state.safetensors")
+    resumed = new_loop()
+    assert load_state(resumed, tmp_path / "state.safetensors") and resumed.step == 2
+    resumed.run(2)
+    assert [h["diffusion"] for h in resumed.history] == [h["diffusion"] for h in straight.history]
+    for a, b in zip(list(straight.model.parameters()) + list(straight.ema.parameters()),
+                    list(resumed.model.parameters()) + list(resumed.ema.parameters())):
+        assert torch.equal(a, b)
+    assert not load_state(new_loop(), tmp_path / "absent.safetensors")
+
+    # under torchrun the file holds rank 0's streams; each process gets its own instead
+    draws = []
+    for rank in (0, 1):
+        loop = new_loop()
+        loop.rank, loop.world_size = rank, 2
+        assert load_state(loop, tmp_path / "state.safetensors") and loop.step == 2
+        draws.append((loop.rng.integers(1 << 30), int(torch.randint(1 << 30, (1,),
+                                                                    generator=loop.generator))))
+    single = new_loop()
+    load_state(single, tmp_path / "state.safetensors")
+    draws.append((single.rng.integers(1 << 30), int(torch.randint(1 << 30, (1,),
+                                                                  generator=single.generator))))
+    assert len({d[0] for d in draws}) == 3 and len({d[1] for d in draws}) == 3
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

@@ -74,6 +74,23 @@ class TrainConfig:
     #: uniform; 0: all uniform, as before session 35
     sampler_share: float = 0.0
     sampler_steps: int = SamplerSettings.steps
+    #: optimizer steps over which the learning rate rises linearly to ``lr``
+    #: (:func:`warmup_lr`); 0: ``lr`` from the first step, as before session 36
+    warmup_steps: int = 0
+
+
+def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): a linear rise over the first
+    ``warmup_steps`` steps to ``lr``, then ``lr``.
+
+    >>> [warmup_lr(s, 1e-3, 4) for s in range(5)]
+    [0.00025, 0.0005, 0.00075, 0.001, 0.001]
+    >>> warmup_lr(0, 2e-4, 0)
+    0.0002
+    """
+    if warmup_steps <= 0:
+        return lr
+    return lr * min(1.0, (step + 1) / warmup_steps)
 
 
 def edge_band_weights(brain: torch.Tensor, width: int, edge_weight: float) -> torch.Tensor:
@@ -308,9 +325,17 @@ class TrainLoop:
         self.step = 0
         # under torchrun every process draws its own batches; gradients are averaged
         self.rank, self.world_size = distributed_rank_and_size()
-        self.rng = np.random.default_rng([config.seed, self.rank])
-        self.generator = torch.Generator().manual_seed(config.seed + 1000003 * self.rank)
+        self.seed_streams()
         self.history: list[dict[str, float]] = []
+
+    def seed_streams(self, step: int = 0) -> None:
+        """This process's random streams: batches (``rng``), timesteps and noise
+        (``generator``), from the seed, the process's rank and ``step`` (0: a new run;
+        a resumed data-parallel run starts fresh streams at its step)."""
+        extra = [step] if step else []
+        self.rng = np.random.default_rng([self.config.seed, self.rank, *extra])
+        self.generator = torch.Generator().manual_seed(
+            self.config.seed + 1000003 * self.rank + 7919 * step)
 
     def forward_backward(self, batch: Batch) -> dict[str, float]:
         t, _ = self.timesteps.sample(batch.target.shape[0], self.generator)
@@ -341,6 +366,8 @@ class TrainLoop:
         losses = self.forward_backward(self.sample_batch(self.rng))
         if not all(math.isfinite(v) for v in losses.values()):
             raise FloatingPointError(f"non-finite loss at step {self.step}: {losses}")
+        for group in self.optimizer.param_groups:
+            group["lr"] = warmup_lr(self.step, self.config.lr, self.config.warmup_steps)
         self.optimizer.step()
         self.update_ema()
         self.step += 1
@@ -371,6 +398,7 @@ def save_state(loop: TrainLoop, path) -> None:
     path = Path(path)
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in loop.model.state_dict().items()}
     tensors.update({f"ema.{k}": v.detach().contiguous() for k, v in loop.ema.state_dict().items()})
+    tensors["generator"] = loop.generator.get_state()
     opt = loop.optimizer.state_dict()
     scalars = {"step": loop.step, "param_groups": opt["param_groups"], "opt_steps": {},
                "config": loop.model.config.to_dict(), "history": loop.history,
@@ -387,7 +415,12 @@ def save_state(loop: TrainLoop, path) -> None:
 
 
 def load_state(loop: TrainLoop, path) -> bool:
-    """Restore what :func:`save_state` wrote; False if there is nothing to resume."""
+    """Restore what :func:`save_state` wrote; False if there is nothing to resume.
+
+    In one process the run continues exactly as if it had not stopped (the batch,
+    timestep and noise streams included); under torchrun each process starts fresh
+    streams of its own at the saved step (:meth:`TrainLoop.seed_streams`).
+    """
     import json
     from pathlib import Path
 
@@ -413,5 +446,12 @@ def load_state(loop: TrainLoop, path) -> bool:
     loop.optimizer.load_state_dict({"state": state, "param_groups": scalars["param_groups"]})
     loop.step = int(scalars["step"])
     loop.history = scalars["history"]
-    loop.rng.bit_generator.state = scalars["rng"]
+    if loop.world_size > 1:
+        # the file holds rank 0's streams: restored everywhere, every process would draw
+        # the same batches from here on
+        loop.seed_streams(loop.step)
+    else:
+        loop.rng.bit_generator.state = scalars["rng"]
+        if "generator" in tensors:  # states written before session 36 lack it
+            loop.generator.set_state(tensors["generator"])
     return True
