@@ -288,6 +288,11 @@ def main() -> None:
                              "bundled model; docs/model.md, session 35)")
     parser.add_argument("--learning-rate", type=float, default=2e-4, metavar="LR",
                         help="AdamW learning rate (TrainConfig.lr)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the network's initial weights and of the training "
+                             "streams (batches, timesteps, noise; TrainConfig.seed). Runs "
+                             "before session 36 seeded the streams with 0 but left the "
+                             "initial weights unseeded")
     parser.add_argument("--warmup-steps", type=int, default=0, metavar="N",
                         help="optimizer steps over which the learning rate rises linearly "
                              "to --learning-rate (TrainConfig.warmup_steps; 0: none, as the "
@@ -405,6 +410,7 @@ def main() -> None:
                          fill_background=args.fill_background,
                          norm_in_brain=args.norm_in_brain,
                          residual_scale=args.residual_scale)
+    torch.manual_seed(args.seed)  # the initial weights
     model = HarmonizationModel(config)
     init = None
     if args.init_from:
@@ -434,7 +440,7 @@ def main() -> None:
                         source_noise=args.source_noise, noise_sigma=args.noise_sigma)
     device = resolve_device(args.device)
     train_config = TrainConfig(lr=args.learning_rate, warmup_steps=args.warmup_steps,
-                               bf16=use_bf16(device), log_every=200, seed=0,
+                               bf16=use_bf16(device), log_every=200, seed=args.seed,
                                distribution_weight=args.distribution_weight,
                                output_consistency_weight=args.output_consistency_weight,
                                edge_weight=args.edge_weight, edge_width=args.edge_width,
@@ -499,7 +505,7 @@ def main() -> None:
             "SynthSeg label maps": "Apache-2.0 (SynthSeg project)"},
         "training": {"steps": loop.step, "batch_size": args.batch_size, "patch_size": list(crop),
                      "learning_rate": train_config.lr,
-                     "warmup_steps": train_config.warmup_steps,
+                     "warmup_steps": train_config.warmup_steps, "seed": args.seed,
                      "minutes": round(trained_s / 60, 1),
                      "bf16": train_config.bf16, "threads": args.threads,
                      "max_loss_weight": train_config.max_loss_weight,
