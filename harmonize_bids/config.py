@@ -59,6 +59,7 @@ class Settings:
     batch_size: int = 12
     patch_size: int = 64
     learning_rate: float = 2e-4
+    warmup_steps: int = 0
     shifted_copies: int = 3
     gradient_checkpointing: bool = False
     sloppy: bool = False

@@ -153,16 +153,21 @@ def test_group_level_trains_resumes_and_the_model_harmonizes(sloppy_run, tmp_pat
     assert sorted(sites) == ["siteA", "siteB", "siteC"]
     assert all(v["Images"] == 1 for v in sites.values())
     assert not (out / "models").exists()
-    assert main(common + ["--train-steps", "4"]) == 0
+    assert main(common + ["--train-steps", "4", "--learning-rate", "1e-3",
+                          "--warmup-steps", "2"]) == 0
     model = out / "models" / "harmonize_bids_model.safetensors"
     card = json.loads(model.with_suffix(".json").read_text())
     assert card["sites"] == ["siteA", "siteB", "siteC"]
     assert card["training"]["steps"] == 4 and card["training_data"]["n_images"] == 3
+    assert card["training"]["learning_rate"] == 1e-3
+    assert card["training"]["warmup_steps"] == 2
     # each site's tissue intensity landmarks, from its participants' preprocessed brains
     assert sorted(card["config"]["site_landmarks"]) == ["siteA", "siteB", "siteC"]
     assert (out / "models" / "harmonize_bids_model_loss.png").stat().st_size > 1000
     state = json.loads((work / "group_training" / "state.json").read_text())
     assert state["step"] == 4
+    # the rate each step took: half of 1e-3, then 1e-3 from the warm-up's end on
+    assert [h["lr"] for h in state["history"]] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])
     # more steps: resumes from 4 (history continues) instead of starting again
     assert main(common + ["--train-steps", "6"]) == 0
     state = json.loads((work / "group_training" / "state.json").read_text())

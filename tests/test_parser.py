@@ -44,6 +44,7 @@ def test_version_exits_zero(capsys):
     ["bids", "out", "participant", "--source-guidance", "-0.5"],
     ["bids", "out", "participant", "--source-guidance", "nan"],
     ["bids", "out", "participant", "--match-intensities", "yes"],
+    ["bids", "out", "group", "--warmup-steps", "-1"],
 ])
 def test_usage_errors_exit_64(argv, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -32,6 +32,13 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return number
+
+
 def _strength(value: str) -> float:
     number = float(value)
     if not 0.0 < number <= 1.0:
@@ -219,6 +226,10 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patch-size", type=_positive_int, default=64,
                        help="square patch side in voxels (the model is fully convolutional)")
     train.add_argument("--learning-rate", type=float, default=2e-4, help="AdamW learning rate")
+    train.add_argument("--warmup-steps", type=_non_negative_int, default=0, metavar="N",
+                       help="raise the learning rate linearly from --learning-rate/N to "
+                            "--learning-rate over the first N steps (0: no warm-up); a "
+                            "larger rate such as 1e-3 needs one (docs/model.md, session 36)")
     train.add_argument("--gradient-checkpointing", action="store_true",
                        help="recompute activations in the backward pass: less memory for "
                             "bigger batches/patches, at the cost of more compute")
@@ -369,6 +380,7 @@ def _check(opts: argparse.Namespace) -> Settings:
         batch_size=opts.batch_size,
         patch_size=opts.patch_size,
         learning_rate=opts.learning_rate,
+        warmup_steps=opts.warmup_steps,
         shifted_copies=opts.shifted_copies,
         gradient_checkpointing=opts.gradient_checkpointing,
         sloppy=opts.sloppy,

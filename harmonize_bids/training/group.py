@@ -31,6 +31,7 @@ class GroupOptions:
     batch_size: int = 12
     patch_size: int = 64
     learning_rate: float = 2e-4
+    warmup_steps: int = 0
     shifted_copies: int = 3
     base_channels: int = 24
     checkpoint_every: int = 200
@@ -148,7 +149,8 @@ def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path
     # bf16 mixed precision where it is fast (GPUs that support it, CPUs with native bf16)
     bf16 = use_bf16(device)
     train_config = TrainConfig(steps=options.train_steps, batch_size=options.batch_size,
-                               lr=options.learning_rate, seed=options.seed, bf16=bf16,
+                               lr=options.learning_rate, warmup_steps=options.warmup_steps,
+                               seed=options.seed, bf16=bf16,
                                log_every=50,
                                gradient_checkpointing=options.gradient_checkpointing)
     loop = TrainLoop(model, lambda r: data.sample(options.batch_size, r), train_config,
@@ -184,7 +186,7 @@ def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path
                           "shifted_copies_per_image": options.shifted_copies},
         "training": {"steps": loop.step, "batch_size": options.batch_size,
                      "patch_size": options.patch_size, "learning_rate": options.learning_rate,
-                     "seed": options.seed, "seconds": round(time.monotonic() - started, 1)},
+                     "warmup_steps": options.warmup_steps, "seed": options.seed, "seconds": round(time.monotonic() - started, 1)},
         "losses": {"first_50": float(np.mean([h["diffusion"] for h in hist[:50]])),
                    "last_50": float(np.mean([h["diffusion"] for h in hist[-50:]]))},
     }

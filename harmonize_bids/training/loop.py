@@ -366,12 +366,13 @@ class TrainLoop:
         losses = self.forward_backward(self.sample_batch(self.rng))
         if not all(math.isfinite(v) for v in losses.values()):
             raise FloatingPointError(f"non-finite loss at step {self.step}: {losses}")
+        rate = warmup_lr(self.step, self.config.lr, self.config.warmup_steps)
         for group in self.optimizer.param_groups:
-            group["lr"] = warmup_lr(self.step, self.config.lr, self.config.warmup_steps)
+            group["lr"] = rate
         self.optimizer.step()
         self.update_ema()
         self.step += 1
-        self.history.append({"step": self.step, **losses})
+        self.history.append({"step": self.step, "lr": rate, **losses})
         return losses
 
     def run(self, steps: int | None = None,
