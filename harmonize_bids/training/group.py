@@ -186,7 +186,8 @@ def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path
                           "shifted_copies_per_image": options.shifted_copies},
         "training": {"steps": loop.step, "batch_size": options.batch_size,
                      "patch_size": options.patch_size, "learning_rate": options.learning_rate,
-                     "warmup_steps": options.warmup_steps, "seed": options.seed, "seconds": round(time.monotonic() - started, 1)},
+                     "warmup_steps": options.warmup_steps, "seed": options.seed,
+                     "seconds": round(time.monotonic() - started, 1)},
         "losses": {"first_50": float(np.mean([h["diffusion"] for h in hist[:50]])),
                    "last_50": float(np.mean([h["diffusion"] for h in hist[-50:]]))},
     }
