@@ -63,13 +63,28 @@ def add_test_set_arguments(parser: argparse.ArgumentParser, n_anatomies: int) ->
     parser.add_argument("--target", required=True)
     parser.add_argument("--sources", nargs="+", required=True)
     parser.add_argument("--n-anatomies", type=int, default=n_anatomies)
+    parser.add_argument("--label-maps", nargs="+", default=None, metavar="NAME",
+                        help="only anatomies rendered from these label maps (e.g. "
+                             "training_seg_13) or deformed variants of them; --n-anatomies "
+                             "then counts among those")
 
 
-def read_test_set(out_dir: Path, n_anatomies: int) -> tuple[dict, dict, dict, list[str]]:
+def label_map_of(anatomy: str) -> str:
+    """The label map an anatomy of the test set was rendered from (variants: ``-vN``).
+
+    >>> label_map_of("training_seg_16-v7"), label_map_of("training_seg_13")
+    ('training_seg_16', 'training_seg_13')
+    """
+    return anatomy.split("-v")[0]
+
+
+def read_test_set(out_dir: Path, n_anatomies: int, label_maps: list[str] | None = None
+                  ) -> tuple[dict, dict, dict, list[str]]:
     """``(volumes, masks, by, anatomies)`` of a ``quality_vs_peers.py --out-dir``'s
     N4-corrected ``test_n4/``: RAS volumes ``{anatomy: {site: array}}`` and brain masks
     ``{anatomy: array}`` (``train_simulated.ras_volumes``), the image records
-    ``by[anatomy][site]``, and the first ``n_anatomies`` anatomies in sorted order."""
+    ``by[anatomy][site]``, and the first ``n_anatomies`` anatomies in sorted order
+    (of those from ``label_maps`` when given)."""
     from harmonize_bids.evaluation import read_simulated_dataset
 
     test = out_dir / "test_n4"
@@ -77,7 +92,8 @@ def read_test_set(out_dir: Path, n_anatomies: int) -> tuple[dict, dict, dict, li
     by: dict = defaultdict(dict)
     for img in read_simulated_dataset(test):
         by[img.anatomy][img.site] = img
-    return vols, masks, by, sorted(by)[:n_anatomies]
+    chosen = [a for a in sorted(by) if label_maps is None or label_map_of(a) in label_maps]
+    return vols, masks, by, chosen[:n_anatomies]
 
 
 def score(image: np.ndarray, truth: np.ndarray, mask: np.ndarray, labels: np.ndarray,
@@ -156,7 +172,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     models = parse_models(args.models)
-    vols, masks, by, anatomies = read_test_set(args.out_dir, args.n_anatomies)
+    vols, masks, by, anatomies = read_test_set(args.out_dir, args.n_anatomies, args.label_maps)
     statistics = dataset_statistics([img for a in by for img in by[a].values()], vols, masks,
                                     "vigintiles") if args.keep_subject else None
 

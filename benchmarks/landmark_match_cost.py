@@ -57,7 +57,7 @@ def main() -> None:
     model_file = args.model or bundled_model()
     config = read_config(Path(model_file))
     site_mean = target_landmarks(config, args.target, args.scheme)
-    vols, masks, by, anatomies = read_test_set(args.out_dir, args.n_anatomies)
+    vols, masks, by, anatomies = read_test_set(args.out_dir, args.n_anatomies, args.label_maps)
     outputs = dict(spec.split("=", 1) for spec in args.outputs)
 
     rows: dict[tuple[str, str], list] = defaultdict(list)

@@ -60,6 +60,7 @@ class Settings:
     patch_size: int = 64
     learning_rate: float = 2e-4
     warmup_steps: int = 0
+    from_scratch: bool = False  # group level: a new network instead of fine-tuning --model
     shifted_copies: int = 3
     gradient_checkpointing: bool = False
     sloppy: bool = False

@@ -647,6 +647,52 @@ def test_warm_start_widens_the_input_and_keeps_the_function():
         warm_start(new, {k: v for k, v in old.state_dict().items() if "site" not in k})
 
 
+def test_site_donors_same_name_else_the_most_alike_tissue_intensities():
+    from harmonize_bids.training.warm_start import site_donors
+
+    known = {"bright_gm": [0.1, 0.5, 0.8, 1.0, 1.2], "dark_gm": [0.1, 0.3, 0.6, 1.0, 1.2]}
+    sites = ["bright_gm", "dark_gm"]
+    # compared in white-matter units: a scan at twice the scale with dark GM is "dark_gm"
+    new = {"x": [0.2, 0.62, 1.2, 2.0, 2.4], "y": [0.1, 0.45, 0.75, 1.0, 1.1],
+           "dark_gm": [0.1, 0.5, 0.8, 1.0, 1.2], "z": None}
+    assert site_donors(known, new, sites) == {"x": "dark_gm", "y": "bright_gm",
+                                              "dark_gm": "dark_gm", "z": "bright_gm"}
+    # landmarks of different schemes: compared by their tissue medians
+    quartiles = [0.2, 0.5, 0.6, 0.7, 0.9, 1.2, 1.3, 1.9, 2.0, 2.1, 2.4]  # medians .6 1.2 2
+    assert site_donors(known, {"x": quartiles}, sites) == {"x": "dark_gm"}
+    # an earlier model without landmarks: every unknown site starts from its first site
+    assert site_donors({}, {"x": [0.2, 0.62, 1.2, 2.0, 2.4]}, sites) == {"x": "bright_gm"}
+    with pytest.raises(ValueError, match="no sites"):
+        site_donors({}, {"x": None}, [])
+
+
+def test_a_model_for_new_sites_starts_from_its_donors_rows():
+    """with_sites: the new model computes for each site what the donor site did."""
+    import dataclasses
+
+    from harmonize_bids.training.warm_start import with_sites
+
+    torch.manual_seed(0)
+    old = tiny_model()  # sites a, b
+    with torch.no_grad():
+        for p in old.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    per_site = old.per_site_tensors()
+    assert per_site == ["site_embedding.weight", "site_classifier.net.6.weight",
+                        "site_classifier.net.6.bias"]
+    new = HarmonizationModel(dataclasses.replace(old.config, sites=("p", "a", "q")))
+    new.load_state_dict(with_sites(old.state_dict(), old.config.sites,
+                                   {"p": "b", "a": "a", "q": "b"}, per_site))
+    old.eval(), new.eval()
+    src = torch.randn(3, 3, 16, 24)
+    x, t = torch.randn(3, 1, 16, 24), torch.tensor([5, 400, 900])
+    cond = old.encode(src)
+    torch.testing.assert_close(new(x, t, torch.tensor([0, 1, 2]), cond),
+                               old(x, t, torch.tensor([1, 0, 1]), cond))
+    logits_old, logits_new = old.site_classifier(cond), new.site_classifier(cond)
+    torch.testing.assert_close(logits_new, logits_old[:, [1, 0, 1]])
+
+
 def test_a_fine_tune_holds_out_only_what_the_earlier_model_never_saw():
     from harmonize_bids.training.warm_start import still_unseen
 

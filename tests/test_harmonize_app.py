@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from harmonize_bids.cli.run import main
-from harmonize_bids.diffusion.checkpoint import save_model
+from harmonize_bids.diffusion.checkpoint import bundled_model, load_model, save_model
 from harmonize_bids.diffusion.model import HarmonizationModel, ModelConfig
 
 
@@ -146,7 +146,7 @@ def test_group_level_trains_resumes_and_the_model_harmonizes(sloppy_run, tmp_pat
     work = tmp_path / "work"
     common = [str(sloppy_run["bids"]), str(out), "group", "-w", str(work),
               "--batch-size", "2", "--patch-size", "32", "--shifted-copies", "1",
-              "--skip-bids-validation", "--nprocs", "2", "--random-seed", "3"]
+              "--skip-bids-validation", "--nprocs", "2", "--random-seed", "3", "--from-scratch"]
     # --landmarks-only: each site's tissue landmarks over its brains, no training
     assert main(common + ["--landmarks-only"]) == 0
     sites = json.loads((out / "site_landmarks.json").read_text())["Sites"]
@@ -161,6 +161,7 @@ def test_group_level_trains_resumes_and_the_model_harmonizes(sloppy_run, tmp_pat
     assert card["training"]["steps"] == 4 and card["training_data"]["n_images"] == 3
     assert card["training"]["learning_rate"] == 1e-3
     assert card["training"]["warmup_steps"] == 2
+    assert card["training"]["initialized_from"] is None  # --from-scratch
     # each site's tissue intensity landmarks, from its participants' preprocessed brains
     assert sorted(card["config"]["site_landmarks"]) == ["siteA", "siteB", "siteC"]
     assert (out / "models" / "harmonize_bids_model_loss.png").stat().st_size > 1000
@@ -172,6 +173,9 @@ def test_group_level_trains_resumes_and_the_model_harmonizes(sloppy_run, tmp_pat
     assert main(common + ["--train-steps", "6"]) == 0
     state = json.loads((work / "group_training" / "state.json").read_text())
     assert state["step"] == 6 and [h["step"] for h in state["history"]] == list(range(1, 7))
+    # the default (a fine-tune of the bundled model) cannot resume this new network's run
+    assert main([a for a in common if a != "--from-scratch"] + ["--train-steps", "8"]) == 64
+    assert json.loads((work / "group_training" / "state.json").read_text())["step"] == 6
     # the trained model plugs into the participant level
     code = main([str(sloppy_run["bids"]), str(out), "participant", "--sloppy", "-w",
                  str(tmp_path / "work2"), "--participant-label", "01", "--target-site", "siteC",
@@ -193,6 +197,39 @@ def test_group_level_trains_resumes_and_the_model_harmonizes(sloppy_run, tmp_pat
                           capture_output=True, text=True)
     issues = json.loads(proc.stdout)["issues"]["issues"]
     assert [i for i in issues if i.get("severity") == "error"] == []
+
+
+def test_group_level_fine_tunes_the_bundled_model_by_default(sloppy_run, tmp_path):
+    """Without --from-scratch the group model starts as the bundled one: its network and
+    loss terms, and each dataset site's rows from one of the bundled model's sites."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(sloppy_run["out"], out)
+    assert main([str(sloppy_run["bids"]), str(out), "group", "-w", str(tmp_path / "work"),
+                 "--batch-size", "2", "--patch-size", "32", "--shifted-copies", "1",
+                 "--train-steps", "2", "--skip-bids-validation", "--nprocs", "2"]) == 0
+    model = out / "models" / "harmonize_bids_model.safetensors"
+    card = json.loads(model.with_suffix(".json").read_text())
+    bundled_file = bundled_model()
+    bundled, bundled_card = load_model(bundled_file)
+    start = card["training"]["initialized_from"]
+    assert start["file"] == bundled_file.name and start["sites"] == list(bundled.config.sites)
+    assert len(start["sha256"]) == 64
+    assert card["training"]["total_steps_including_initialization"] == 2 + start["steps"] > 2
+    assert sorted(start["site_donors"]) == card["sites"] == ["siteA", "siteB", "siteC"]
+    assert set(start["site_donors"].values()) <= set(bundled.config.sites)
+    assert card["training"]["output_consistency_weight"] == \
+        bundled_card["training"]["output_consistency_weight"]
+    assert card["config"]["source_input"] is True
+    assert card["config"]["base_channels"] == bundled.config.base_channels
+    # two steps away from the bundled weights (EMA), far from a new network's
+    group_model, _ = load_model(model)
+    torch.testing.assert_close(group_model.encoder.state_dict(), bundled.encoder.state_dict(),
+                               atol=5e-3, rtol=0)
+    donor = bundled.config.site_index(start["site_donors"]["siteB"])
+    torch.testing.assert_close(group_model.site_embedding.weight[1],
+                               bundled.site_embedding.weight[donor], atol=5e-3, rtol=0)
 
 
 def test_group_level_needs_participant_outputs(synthetic_bids, tmp_path):

@@ -109,6 +109,17 @@ def test_stop_at_must_be_below_strength(tmp_path):
     assert main(argv) == 64
 
 
+def test_from_scratch_and_a_starting_model_exclude_each_other(tmp_path):
+    (tmp_path / "bids").mkdir()
+    base = [str(tmp_path / "bids"), str(tmp_path / "out"), "group"]
+    assert parse_args(base + ["--from-scratch"]).from_scratch is True
+    assert parse_args(base).from_scratch is False  # the default: fine-tune --model
+    argv = base + ["--from-scratch", "--model", str(tmp_path / "m.safetensors")]
+    with pytest.raises(UsageError, match="--from-scratch"):
+        parse_args(argv)
+    assert main(argv) == 64
+
+
 def test_work_dir_inside_input_is_refused(tmp_path):
     (tmp_path / "bids").mkdir()
     with pytest.raises(UsageError):

@@ -120,7 +120,9 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="site to harmonize to; without it the participant level stops "
                             "after preprocessing")
     model.add_argument("--model", type=Path, metavar="FILE",
-                       help="model file (.safetensors); default: the bundled model")
+                       help="model file (.safetensors); default: the bundled model. The "
+                            "participant level harmonizes with it; the group level starts "
+                            "training from it (unless --from-scratch)")
     model.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                        help="where the model runs; 'auto' uses a GPU when one is available")
     model.add_argument("--steps", type=_positive_int, default=SamplerSettings.steps,
@@ -219,6 +221,11 @@ def _build_parser() -> argparse.ArgumentParser:
                             "OUTPUT_DIR/site_landmarks.json, which the participant level's tissue "
                             "match then reads (--keep-subject-intensities); "
                             "without it the group level writes that file and then trains")
+    train.add_argument("--from-scratch", action="store_true",
+                       help="train a new network instead of fine-tuning --model (default: "
+                            "the bundled model, whose network and loss terms are kept; each "
+                            "of the dataset's sites starts from the known site with the most "
+                            "alike tissue intensities)")
     train.add_argument("--train-steps", type=_positive_int, default=2000,
                        help="optimizer steps; training resumes from WORK_DIR/group_training")
     train.add_argument("--batch-size", type=_positive_int, default=12,
@@ -336,6 +343,9 @@ def _check(opts: argparse.Namespace) -> Settings:
     if opts.stop_at >= opts.strength:
         raise UsageError(f"--stop-at {opts.stop_at:g} must be below --strength "
                          f"{opts.strength:g} (the chain runs from strength down to stop-at).")
+    if opts.from_scratch and opts.model is not None:
+        raise UsageError("--from-scratch trains a new network; --model names the one the "
+                         "group level would start from: give one or the other.")
     if opts.model is not None and not opts.model.is_file():
         raise InputError(f"Model file not found: {opts.model}")
     site_landmarks = site_landmarks_for(opts, output_dir, bids_dir)
@@ -382,6 +392,7 @@ def _check(opts: argparse.Namespace) -> Settings:
         patch_size=opts.patch_size,
         learning_rate=opts.learning_rate,
         warmup_steps=opts.warmup_steps,
+        from_scratch=opts.from_scratch,
         shifted_copies=opts.shifted_copies,
         gradient_checkpointing=opts.gradient_checkpointing,
         sloppy=opts.sloppy,

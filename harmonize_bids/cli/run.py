@@ -373,6 +373,7 @@ def _run_group(settings: Settings) -> int:
         train_steps=settings.train_steps, batch_size=settings.batch_size,
         patch_size=settings.patch_size, learning_rate=settings.learning_rate,
         warmup_steps=settings.warmup_steps,
+        start_from=None if settings.from_scratch else resolve_model(settings.model),
         shifted_copies=settings.shifted_copies, device=settings.device,
         num_threads=settings.omp_nthreads, seed=settings.random_seed,
         gradient_checkpointing=settings.gradient_checkpointing,

@@ -59,6 +59,11 @@ class SiteClassifier(nn.Module):
             nn.Conv2d(hidden, hidden, 3, stride=2, padding=1), nn.SiLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(hidden, n_sites))
 
+    @property
+    def head(self) -> nn.Linear:
+        """The output layer: one row per site."""
+        return self.net[-1]
+
     def forward(self, c: torch.Tensor, reverse: float = 0.0) -> torch.Tensor:
         if reverse:
             c = GradientReversal.apply(c, reverse)

@@ -154,6 +154,13 @@ class HarmonizationModel(nn.Module):
                              config.attention_levels, emb_dim, config.dropout)
         self.site_classifier = SiteClassifier(config.cond_channels, len(config.sites))
 
+    def per_site_tensors(self) -> list[str]:
+        """Names of the state tensors with one row per site (dim 0, in ``config.sites``
+        order): the site embedding and the site classifier's output layer."""
+        rows = {id(self.site_embedding.weight), *map(id, self.site_classifier.head.parameters())}
+        return [name for name, tensor in self.state_dict(keep_vars=True).items()
+                if id(tensor) in rows]
+
     @staticmethod
     def denoiser_inputs(config: ModelConfig) -> int:
         """Input channels of the denoiser: x_t, the condition, and the source stack if used."""

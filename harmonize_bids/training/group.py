@@ -6,6 +6,12 @@ to the model's voxel size; sites come from the site table.  Each participant
 is the target at its own site; randomly protocol-shifted copies of it act as
 extra sources (see :mod:`harmonize_bids.training.data`).  Training state is
 saved every ``checkpoint_every`` steps in the work directory and resumed.
+
+By default training starts from an earlier model (``GroupOptions.start_from``, the
+bundled one unless ``--model`` names another): its network, its loss terms, and for
+each of the dataset's sites the learned rows of a donor site
+(:func:`harmonize_bids.training.warm_start.site_donors`); ``start_from=None``
+trains a new network (``--from-scratch``).
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from harmonize_bids import __version__
-from harmonize_bids.exceptions import InputError
+from harmonize_bids.exceptions import InputError, UsageError
 from harmonize_bids.utils.bids import T1wRecord
 from harmonize_bids.utils.cpu import configure_cpu
 from harmonize_bids.utils.grid import preprocessed_brain
@@ -40,6 +46,56 @@ class GroupOptions:
     num_threads: int = 1
     seed: int = 0
     gradient_checkpointing: bool = False
+    #: the model to fine-tune; None: a new network (``base_channels``, ``voxel_mm``)
+    start_from: Path | None = None
+
+
+#: loss terms a fine-tune takes over from the card of the model it starts from
+RECIPE_FIELDS = ("output_consistency_weight", "distribution_weight", "max_loss_weight",
+                 "edge_weight", "edge_width")
+
+
+def recipe_from_card(card: dict) -> dict:
+    """The loss-term settings (:data:`RECIPE_FIELDS`) a model card records.
+
+    >>> recipe_from_card({"training": {"output_consistency_weight": 1.0, "steps": 9}})
+    {'output_consistency_weight': 1.0}
+    """
+    training = card.get("training", {})
+    return {key: training[key] for key in RECIPE_FIELDS if key in training}
+
+
+def starting_model(start_from: Path, sites: tuple[str, ...], landmarks: dict,
+                   log: Callable[[str], None] = print):
+    """The earlier model's network for the dataset's ``sites``: ``(model, card, start)``.
+
+    Every site's learned rows are copied from its donor (the same site when the
+    earlier model knows it, else the one with the most alike tissue landmarks);
+    ``start`` is what the new card records about it.
+    """
+    import dataclasses
+
+    from harmonize_bids.diffusion.checkpoint import file_sha256, load_model
+    from harmonize_bids.diffusion.model import HarmonizationModel
+    from harmonize_bids.training.warm_start import site_donors, with_sites
+
+    earlier, card = load_model(start_from)
+    known = earlier.config.site_landmarks
+    donors = site_donors(known, {site: landmarks.get(site) for site in sites},
+                         earlier.config.sites)
+    config = dataclasses.replace(earlier.config, sites=sites, site_landmarks=landmarks)
+    model = HarmonizationModel(config)
+    model.load_state_dict(with_sites(earlier.state_dict(), earlier.config.sites, donors,
+                                     earlier.per_site_tensors()))
+    training = card.get("training", {})
+    start = {"file": Path(start_from).name, "sha256": file_sha256(start_from),
+             "sites": list(earlier.config.sites),
+             "steps": training.get("total_steps_including_initialization",
+                                   training.get("steps")),
+             "site_donors": donors}
+    log("Starting from " + str(start_from) + "; each site's rows from: "
+        + ", ".join(f"{site} <- {donor}" for site, donor in donors.items()))
+    return model, card, start
 
 
 def load_training_volumes(records: list[T1wRecord], output_dir: Path, voxel_mm: float
@@ -99,6 +155,15 @@ def loss_figure(history: list[dict], path: Path) -> Path:
     return path
 
 
+def model_voxel_mm(options: GroupOptions) -> float:
+    """The voxel size the group model works at: its starting model's, else ``options``'."""
+    if options.start_from is None:
+        return options.voxel_mm
+    from harmonize_bids.diffusion.checkpoint import read_config
+
+    return read_config(options.start_from).voxel_mm
+
+
 def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path,
                       options: GroupOptions, log: Callable[[str], None] = print) -> Path:
     """Train, save ``OUTPUT_DIR/models/harmonize_bids_model.safetensors`` + card + figure.
@@ -107,9 +172,20 @@ def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path
     batches with gradients averaged across processes (gloo on CPU, NCCL on GPUs);
     process 0 writes the checkpoints and the model.
     """
+    init_distributed(options.device)
+    configure_cpu(options.num_threads)
+    volumes, masks, used = load_training_volumes(records, output_dir, model_voxel_mm(options))
+    return fit_group_model(volumes, masks, used, Path(output_dir) / "models", work_dir,
+                           options, log)
+
+
+def fit_group_model(volumes: dict, masks: dict, used: list[str], models_dir: Path,
+                    work_dir: Path, options: GroupOptions,
+                    log: Callable[[str], None] = print) -> Path:
+    """Train on ``{participant: {site: brain}}`` (on the model's grid) and their masks;
+    write ``MODELS_DIR/harmonize_bids_model.safetensors`` + card + loss figure."""
     import torch
 
-    init_distributed(options.device)
     from harmonize_bids.diffusion.checkpoint import save_model
     from harmonize_bids.diffusion.model import HarmonizationModel, ModelConfig
     from harmonize_bids.interfaces.harmonize import resolve_device
@@ -123,9 +199,8 @@ def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path
         use_bf16,
     )
 
-    configure_cpu(options.num_threads)
     torch.manual_seed(options.seed)
-    volumes, masks, used = load_training_volumes(records, output_dir, options.voxel_mm)
+    volumes = {sub: dict(per_site) for sub, per_site in volumes.items()}  # copies get added
     sites = tuple(sorted({next(iter(v)) for v in volumes.values()}))
     # the participants' own preprocessed brains: each site's tissue intensities (before
     # shifted copies are added: those are not images of any site)
@@ -133,9 +208,17 @@ def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path
     for sub, per_site in volumes.items():
         for site, vol in per_site.items():
             by_site.setdefault(site, []).append((vol, masks[sub]))
-    config = ModelConfig(sites=sites, base_channels=options.base_channels,
-                         voxel_mm=options.voxel_mm, site_landmarks=site_landmarks(by_site))
+    landmarks = site_landmarks(by_site)
     log(f"Training on {len(used)} image(s) from {len(sites)} site(s): {', '.join(sites)}")
+    recipe, start = {}, None
+    if options.start_from is None:
+        model = HarmonizationModel(ModelConfig(sites=sites, base_channels=options.base_channels,
+                                               voxel_mm=options.voxel_mm,
+                                               site_landmarks=landmarks))
+    else:
+        model, start_card, start = starting_model(options.start_from, sites, landmarks, log)
+        recipe = recipe_from_card(start_card)
+    config = model.config
     rng = np.random.default_rng(options.seed)
     if options.shifted_copies:
         log(f"Rendering {options.shifted_copies} protocol-shifted copies per image ...")
@@ -145,21 +228,27 @@ def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path
                         crop=(options.patch_size, options.patch_size),
                         fill_background=config.fill_background)
     device = resolve_device(options.device)
-    model = HarmonizationModel(config)
     # bf16 mixed precision where it is fast (GPUs that support it, CPUs with native bf16)
     bf16 = use_bf16(device)
     train_config = TrainConfig(steps=options.train_steps, batch_size=options.batch_size,
                                lr=options.learning_rate, warmup_steps=options.warmup_steps,
                                seed=options.seed, bf16=bf16,
                                log_every=50,
-                               gradient_checkpointing=options.gradient_checkpointing)
+                               gradient_checkpointing=options.gradient_checkpointing, **recipe)
     loop = TrainLoop(model, lambda r: data.sample(options.batch_size, r), train_config,
                      device=device)
     if loop.world_size > 1:
         log(f"Data-parallel training: process {loop.rank} of {loop.world_size}")
     state = Path(work_dir) / "group_training" / "state.safetensors"
     state.parent.mkdir(parents=True, exist_ok=True)
-    if load_state(loop, state):
+    try:
+        resumed = load_state(loop, state)
+    except ValueError as err:
+        raise UsageError(
+            f"{state.parent} holds a training of another model (another starting model, "
+            f"--from-scratch or not, or other sites): remove that folder or use another "
+            f"work directory (-w) to start this one ({err})") from err
+    if resumed:
         log(f"Resuming from step {loop.step} ({state})")
     started = time.monotonic()
     while loop.step < options.train_steps:
@@ -171,11 +260,11 @@ def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path
         rate = (time.monotonic() - started) / max(1, len(loop.history))
         log(f"step {loop.step}/{options.train_steps}: diffusion loss {recent:.4f} "
             f"(~{rate * (options.train_steps - loop.step) / 60:.0f} min left)")
-    if loop.rank != 0:
-        return Path(output_dir) / "models" / "harmonize_bids_model.safetensors"
-    models = Path(output_dir) / "models"
-    models.mkdir(parents=True, exist_ok=True)
+    models = Path(models_dir)
     out = models / "harmonize_bids_model.safetensors"
+    if loop.rank != 0:
+        return out
+    models.mkdir(parents=True, exist_ok=True)
     hist = loop.history
     card = {
         "name": "harmonize_bids group-level model",
@@ -187,7 +276,10 @@ def train_group_model(records: list[T1wRecord], output_dir: Path, work_dir: Path
         "training": {"steps": loop.step, "batch_size": options.batch_size,
                      "patch_size": options.patch_size, "learning_rate": options.learning_rate,
                      "warmup_steps": options.warmup_steps, "seed": options.seed,
-                     "seconds": round(time.monotonic() - started, 1)},
+                     "seconds": round(time.monotonic() - started, 1),
+                     **recipe, "initialized_from": start,
+                     "total_steps_including_initialization":
+                         loop.step + ((start or {}).get("steps") or 0)},
         "losses": {"first_50": float(np.mean([h["diffusion"] for h in hist[:50]])),
                    "last_50": float(np.mean([h["diffusion"] for h in hist[-50:]]))},
     }

@@ -7,11 +7,18 @@ channels it already had and the new channels start at zero, so the widened
 model computes exactly what the earlier one did and training only has to learn
 how to use the new inputs (the same surgery InstructPix2Pix applied to Stable
 Diffusion's first layer).
+
+A model can also start from one trained on *other sites* (the ``group`` level
+fine-tunes the bundled model on a dataset's sites): everything but the per-site
+rows is shared, and each new site's rows start as a copy of a *donor* site's,
+the same-named site when the earlier model knows it, else the site whose tissue
+intensities look most alike (:func:`site_donors`, :func:`with_sites`).
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -64,3 +71,56 @@ def still_unseen(earlier_held_out: Iterable[str] | None, trained_on: Iterable[st
     """
     used = set(trained_on)
     return [name for name in (earlier_held_out or []) if name not in used]
+
+
+def site_donors(known: Mapping[str, Sequence[float]], new: Mapping[str, Sequence[float] | None],
+                known_sites: Sequence[str]) -> dict[str, str]:
+    """For each new site, the known site whose learned rows it starts from.
+
+    ``known`` and ``new`` map sites to their tissue intensity landmarks (two vectors
+    of different schemes are compared by their tissue medians).  A new site the earlier model knows by name
+    keeps its own rows; any other takes the known site whose landmarks, in units of
+    each vector's white-matter median, are nearest (Euclidean), so a new 1.5 T
+    site starts from a 1.5 T site.  Without landmarks on either side the first
+    known site is used.
+
+    >>> site_donors({"a": [.1, .2, .5, .9, 1.], "b": [.1, .4, .7, .9, 1.]},
+    ...             {"b": None, "x": [.2, .8, 1.4, 1.8, 2.]}, ["a", "b"])
+    {'b': 'b', 'x': 'b'}
+    """
+    from harmonize_bids.site_intensity import coarsen, in_wm_units
+
+    def distance(a: Sequence[float], b: Sequence[float]) -> float:
+        if len(a) != len(b):
+            a, b = coarsen(a, 1), coarsen(b, 1)
+        return float(np.linalg.norm(in_wm_units(a) - in_wm_units(b)))
+
+    if not known_sites:
+        raise ValueError("the earlier model knows no sites")
+    candidates = {site: values for site, values in known.items() if site in known_sites}
+    donors = {}
+    for site, values in new.items():
+        if site in known_sites:
+            donors[site] = site
+        elif values is None or not candidates:
+            donors[site] = known_sites[0]
+        else:
+            donors[site] = min(candidates, key=lambda k: distance(candidates[k], values))
+    return donors
+
+
+def with_sites(weights: Mapping[str, torch.Tensor], known_sites: Sequence[str],
+               donors: Mapping[str, str], per_site: Iterable[str]) -> dict[str, torch.Tensor]:
+    """``weights`` with every per-site tensor (one row per site along dim 0, named in
+    ``per_site``) rebuilt for the sites of ``donors``, in its order: each row is a copy
+    of its donor's row.
+
+    >>> w = {"emb": torch.tensor([[1.], [2.]]), "conv": torch.zeros(1)}
+    >>> with_sites(w, ["a", "b"], {"x": "b", "a": "a", "y": "b"}, ["emb"])["emb"].tolist()
+    [[2.0], [1.0], [2.0]]
+    """
+    rows = [list(known_sites).index(donor) for donor in donors.values()]
+    out = dict(weights)
+    for name in per_site:
+        out[name] = weights[name][rows].clone()
+    return out

@@ -1,0 +1,113 @@
+#!/usr/bin/env python
+"""The group level: fine-tuning the bundled model against training a new network.
+
+A dataset as the ``group`` level sees it is cut from the N4-corrected traveling
+subjects of a ``quality_vs_peers.py --out-dir`` (track A): every image is its own
+participant, at one site.  The anatomies rendered from ``--eval-label-maps`` (and
+their deformed variants) are left out at ``--target``: their images there are the
+truths.  Every other image is training data, so the target site is learned from
+other people's scans, as in a real dataset.  Each arm trains with the group level's
+own code (``training.group.fit_group_model``, the app's defaults but ``--steps``):
+
+- ``fine-tune``: starts from the bundled model (the app's default since session 38);
+- ``scratch``: a new network (``--from-scratch``).
+
+Then ``compare_models.py`` scores the left-out anatomies' sources harmonized towards
+``--target`` against their truths, beside the bundled model itself and no
+harmonization.  Like the group level, the arms train on the very scans they
+harmonize (the sources), never on the truths.
+
+    python benchmarks/group_fine_tune.py --out-dir /tmp/hb_q38 --target siemens3tmprage \\
+        --steps 2000 --work /tmp/hb_g38 \\
+        --results benchmarks/results/group_fine_tune_session38.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_models import label_map_of, read_test_set  # noqa: E402
+
+ARMS = ("fine-tune", "scratch")
+
+
+def dataset_images(by: dict, target: str, eval_label_maps: list[str]) -> list[tuple[str, str]]:
+    """``[(anatomy, site)]`` the group level trains on: every image but the evaluated
+    anatomies' images at ``target``.
+
+    >>> by = {"m_1": {"t": 0, "s": 0}, "m_1-v5": {"t": 0, "s": 0}, "m_2": {"t": 0, "s": 0}}
+    >>> dataset_images(by, "t", ["m_1"])
+    [('m_1', 's'), ('m_1-v5', 's'), ('m_2', 's'), ('m_2', 't')]
+    """
+    return [(a, s) for a in sorted(by) for s in sorted(by[a])
+            if not (s == target and label_map_of(a) in eval_label_maps)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out-dir", type=Path, required=True,
+                        help="a quality_vs_peers.py --out-dir (its test_n4/ is used)")
+    parser.add_argument("--target", default="siemens3tmprage")
+    parser.add_argument("--eval-label-maps", nargs="+",
+                        default=["training_seg_13", "training_seg_14"])
+    parser.add_argument("--steps", type=int, default=2000, help="optimizer steps per arm")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--work", type=Path, required=True,
+                        help="models and training states (an arm already trained is reused)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", type=Path, required=True)
+    args = parser.parse_args()
+
+    from harmonize_bids.diffusion.checkpoint import bundled_model
+    from harmonize_bids.training.group import GroupOptions, fit_group_model
+    from harmonize_bids.utils.cpu import configure_cpu
+
+    configure_cpu(args.threads)
+    vols, masks, by, _ = read_test_set(args.out_dir, None)
+    images = dataset_images(by, args.target, args.eval_label_maps)
+    volumes = {f"{a}@{s}": {s: vols[a][s]} for a, s in images}
+    image_masks = {f"{a}@{s}": masks[a] for a, s in images}
+    sites = sorted({s for _, s in images})
+    print(f"{len(images)} training images at {sites}; left out at {args.target}: "
+          f"{args.eval_label_maps}", flush=True)
+    models, minutes = {}, {}
+    for arm in args.arms:
+        arm_dir = args.work / arm
+        path = arm_dir / "models" / "harmonize_bids_model.safetensors"
+        if not path.is_file():
+            t0 = time.monotonic()
+            options = GroupOptions(train_steps=args.steps, num_threads=args.threads,
+                                   seed=args.seed, device="cpu",
+                                   start_from=bundled_model() if arm == "fine-tune" else None)
+            fit_group_model(volumes, image_masks, list(volumes), arm_dir / "models", arm_dir,
+                            options, log=lambda m: print(f"[{arm}] {m}", flush=True))
+            minutes[arm] = (time.monotonic() - t0) / 60
+        card = json.loads(path.with_suffix(".json").read_text())
+        if card["training"]["steps"] != args.steps:
+            raise SystemExit(f"{path} has {card['training']['steps']} steps, not {args.steps}")
+        minutes.setdefault(arm, card["training"]["seconds"] / 60)
+        models[arm] = path
+    sources = [s for s in sites if s != args.target]
+    cmd = [sys.executable, str(Path(__file__).with_name("compare_models.py")),
+           "--out-dir", str(args.out_dir), "--target", args.target, "--sources", *sources,
+           "--label-maps", *args.eval_label_maps, "--n-anatomies", "100",
+           "--threads", str(args.threads), "--results", str(args.results),
+           "--models", "bundled", *(f"{arm}={path}" for arm, path in models.items())]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    with args.results.open("a") as fobj:
+        fobj.write("\nTraining: `python benchmarks/group_fine_tune.py "
+                   + " ".join(sys.argv[1:]) + "`; "
+                   + ", ".join(f"{arm} {m:.1f} min for {args.steps} steps"
+                               for arm, m in minutes.items())
+                   + f"; {len(images)} training images at {sites}.\n")
+
+
+if __name__ == "__main__":
+    main()
