@@ -355,20 +355,11 @@ def _run_group(settings: Settings) -> int:
     unless ``landmarks_only``, train a model on them (sites from the site table)."""
     from harmonize_bids.dataset_landmarks import measure_site_landmarks
     from harmonize_bids.derivatives import site_landmarks_path
-    from harmonize_bids.diffusion.checkpoint import read_config
     from harmonize_bids.site_intensity import STORED_PER_TISSUE
+    from harmonize_bids.training.group import GroupOptions, model_voxel_mm, train_group_model
 
     records = collect_records(settings)
     settings.to_filename(settings.work_dir / "config_group.toml")
-    # measured at the voxel size of the model the participant level will use
-    voxel_mm = read_config(resolve_model(settings.model)).voxel_mm
-    measure_site_landmarks(records, settings.output_dir, voxel_mm, STORED_PER_TISSUE,
-                           site_landmarks_path(settings.output_dir),
-                           log=lambda msg: LOGGER.info("%s", msg))
-    if settings.landmarks_only:
-        return 0
-    from harmonize_bids.training.group import GroupOptions, train_group_model
-
     options = GroupOptions(
         train_steps=settings.train_steps, batch_size=settings.batch_size,
         patch_size=settings.patch_size, learning_rate=settings.learning_rate,
@@ -378,6 +369,13 @@ def _run_group(settings: Settings) -> int:
         num_threads=settings.omp_nthreads, seed=settings.random_seed,
         gradient_checkpointing=settings.gradient_checkpointing,
         checkpoint_every=max(1, min(200, settings.train_steps // 10)))
+    # measured at the voxel size of the model the participant level will use: the group
+    # model's (its starting model's, or a new network's; --from-scratch needs no bundled one)
+    measure_site_landmarks(records, settings.output_dir, model_voxel_mm(options),
+                           STORED_PER_TISSUE, site_landmarks_path(settings.output_dir),
+                           log=lambda msg: LOGGER.info("%s", msg))
+    if settings.landmarks_only:
+        return 0
     train_group_model(records, settings.output_dir, settings.work_dir, options,
                       log=lambda msg: LOGGER.info("%s", msg))
     return 0
