@@ -12,6 +12,9 @@ own code (``training.group.fit_group_model``, the app's defaults but ``--steps``
 - ``fine-tune``: starts from the bundled model (the app's default since session 38);
 - ``scratch``: a new network (``--from-scratch``).
 
+An arm written ``KIND:STEPS`` (e.g. ``fine-tune:500``) trains ``STEPS`` steps instead
+of ``--steps``; its models land in ``KIND-STEPS/``.
+
 Then ``compare_models.py`` scores the left-out anatomies' sources harmonized towards
 ``--target`` against their truths, beside the bundled model itself and no
 harmonization.  Like the group level, the arms train on the very scans they
@@ -36,6 +39,22 @@ from compare_models import label_map_of, read_test_set  # noqa: E402
 ARMS = ("fine-tune", "scratch")
 
 
+def parse_arm(spec: str, default_steps: int) -> tuple[str, str, int]:
+    """``(name, kind, steps)`` of an arm written ``KIND`` or ``KIND:STEPS``.
+
+    >>> parse_arm("fine-tune", 2000)
+    ('fine-tune', 'fine-tune', 2000)
+    >>> parse_arm("fine-tune:500", 2000)
+    ('fine-tune-500', 'fine-tune', 500)
+    """
+    kind, _, steps = spec.partition(":")
+    if kind not in ARMS or (steps and not steps.isdigit()):
+        raise argparse.ArgumentTypeError(f"arm {spec!r}: expected one of {ARMS}[:STEPS]")
+    if not steps:
+        return kind, kind, default_steps
+    return f"{kind}-{steps}", kind, int(steps)
+
+
 def dataset_images(by: dict, target: str, eval_label_maps: list[str]) -> list[tuple[str, str]]:
     """``[(anatomy, site)]`` the group level trains on: every image but the evaluated
     anatomies' images at ``target``.
@@ -56,7 +75,8 @@ def main() -> None:
     parser.add_argument("--eval-label-maps", nargs="+",
                         default=["training_seg_13", "training_seg_14"])
     parser.add_argument("--steps", type=int, default=2000, help="optimizer steps per arm")
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), metavar="KIND[:STEPS]",
+                        help=f"arms to train, KIND one of {ARMS}; STEPS overrides --steps")
     parser.add_argument("--work", type=Path, required=True,
                         help="models and training states (an arm already trained is reused)")
     parser.add_argument("--threads", type=int, default=2)
@@ -76,21 +96,25 @@ def main() -> None:
     sites = sorted({s for _, s in images})
     print(f"{len(images)} training images at {sites}; left out at {args.target}: "
           f"{args.eval_label_maps}", flush=True)
-    models, minutes = {}, {}
-    for arm in args.arms:
+    models, minutes, steps = {}, {}, {}
+    for spec in args.arms:
+        try:
+            arm, kind, steps[arm] = parse_arm(spec, args.steps)
+        except argparse.ArgumentTypeError as err:
+            parser.error(str(err))
         arm_dir = args.work / arm
         path = arm_dir / "models" / "harmonize_bids_model.safetensors"
         if not path.is_file():
             t0 = time.monotonic()
-            options = GroupOptions(train_steps=args.steps, num_threads=args.threads,
+            options = GroupOptions(train_steps=steps[arm], num_threads=args.threads,
                                    seed=args.seed, device="cpu",
-                                   start_from=bundled_model() if arm == "fine-tune" else None)
+                                   start_from=bundled_model() if kind == "fine-tune" else None)
             fit_group_model(volumes, image_masks, list(volumes), arm_dir / "models", arm_dir,
                             options, log=lambda m: print(f"[{arm}] {m}", flush=True))
             minutes[arm] = (time.monotonic() - t0) / 60
         card = json.loads(path.with_suffix(".json").read_text())
-        if card["training"]["steps"] != args.steps:
-            raise SystemExit(f"{path} has {card['training']['steps']} steps, not {args.steps}")
+        if card["training"]["steps"] != steps[arm]:
+            raise SystemExit(f"{path} has {card['training']['steps']} steps, not {steps[arm]}")
         minutes.setdefault(arm, card["training"]["seconds"] / 60)
         models[arm] = path
     sources = [s for s in sites if s != args.target]
@@ -104,7 +128,7 @@ def main() -> None:
     with args.results.open("a") as fobj:
         fobj.write("\nTraining: `python benchmarks/group_fine_tune.py "
                    + " ".join(sys.argv[1:]) + "`; "
-                   + ", ".join(f"{arm} {m:.1f} min for {args.steps} steps"
+                   + ", ".join(f"{arm} {m:.1f} min for {steps[arm]} steps"
                                for arm, m in minutes.items())
                    + f"; {len(images)} training images at {sites}.\n")
 
