@@ -15,6 +15,12 @@ own code (``training.group.fit_group_model``, the app's defaults but ``--steps``
 An arm written ``KIND:STEPS`` (e.g. ``fine-tune:500``) trains ``STEPS`` steps instead
 of ``--steps``; its models land in ``KIND-STEPS/``.
 
+``--leave-out-sites`` keeps every image of those sites out of the dataset while still
+scoring them as sources: a scanner the group level never saw, to ask whether a
+fine-tune on a small dataset forgets what the bundled model learned about unseen
+protocols.  ``--also NAME=PATH`` scores further models beside (e.g. an arm of an
+earlier run).
+
 Then ``compare_models.py`` scores the left-out anatomies' sources harmonized towards
 ``--target`` against their truths, beside the bundled model itself and no
 harmonization.  Like the group level, the arms train on the very scans they
@@ -55,16 +61,18 @@ def parse_arm(spec: str, default_steps: int) -> tuple[str, str, int]:
     return f"{kind}-{steps}", kind, int(steps)
 
 
-def dataset_images(by: dict, target: str, eval_label_maps: list[str]) -> list[tuple[str, str]]:
+def dataset_images(by: dict, target: str, eval_label_maps: list[str],
+                   left_out_sites: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """``[(anatomy, site)]`` the group level trains on: every image but the evaluated
-    anatomies' images at ``target``.
+    anatomies' images at ``target`` and every image at ``left_out_sites``.
 
-    >>> by = {"m_1": {"t": 0, "s": 0}, "m_1-v5": {"t": 0, "s": 0}, "m_2": {"t": 0, "s": 0}}
-    >>> dataset_images(by, "t", ["m_1"])
+    >>> by = {"m_1": {"t": 0, "s": 0, "u": 0}, "m_1-v5": {"t": 0, "s": 0}, "m_2": {"t": 0, "s": 0}}
+    >>> dataset_images(by, "t", ["m_1"], ("u",))
     [('m_1', 's'), ('m_1-v5', 's'), ('m_2', 's'), ('m_2', 't')]
     """
     return [(a, s) for a in sorted(by) for s in sorted(by[a])
-            if not (s == target and label_map_of(a) in eval_label_maps)]
+            if not (s == target and label_map_of(a) in eval_label_maps)
+            and s not in left_out_sites]
 
 
 def main() -> None:
@@ -81,8 +89,17 @@ def main() -> None:
                         help="models and training states (an arm already trained is reused)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--leave-out-sites", nargs="+", default=[], metavar="SITE",
+                        help="no image of these sites in the dataset (still scored as sources)")
+    parser.add_argument("--sources", nargs="+", default=None, metavar="SITE",
+                        help="score these sources (default: every site of the test set "
+                             "but --target)")
+    parser.add_argument("--also", nargs="+", default=[], metavar="NAME=PATH",
+                        help="further model files scored beside the arms")
     parser.add_argument("--results", type=Path, required=True)
     args = parser.parse_args()
+    if args.target in args.leave_out_sites:
+        parser.error("--leave-out-sites cannot hold --target")
 
     from harmonize_bids.diffusion.checkpoint import bundled_model
     from harmonize_bids.training.group import GroupOptions, fit_group_model
@@ -90,7 +107,7 @@ def main() -> None:
 
     configure_cpu(args.threads)
     vols, masks, by, _ = read_test_set(args.out_dir, None)
-    images = dataset_images(by, args.target, args.eval_label_maps)
+    images = dataset_images(by, args.target, args.eval_label_maps, tuple(args.leave_out_sites))
     volumes = {f"{a}@{s}": {s: vols[a][s]} for a, s in images}
     image_masks = {f"{a}@{s}": masks[a] for a, s in images}
     sites = sorted({s for _, s in images})
@@ -117,12 +134,13 @@ def main() -> None:
             raise SystemExit(f"{path} has {card['training']['steps']} steps, not {steps[arm]}")
         minutes.setdefault(arm, card["training"]["seconds"] / 60)
         models[arm] = path
-    sources = [s for s in sites if s != args.target]
+    sources = args.sources or sorted({s for a in by for s in by[a]} - {args.target})
     cmd = [sys.executable, str(Path(__file__).with_name("compare_models.py")),
            "--out-dir", str(args.out_dir), "--target", args.target, "--sources", *sources,
            "--label-maps", *args.eval_label_maps, "--n-anatomies", "100",
            "--threads", str(args.threads), "--results", str(args.results),
-           "--models", "bundled", *(f"{arm}={path}" for arm, path in models.items())]
+           "--models", "bundled", *(f"{arm}={path}" for arm, path in models.items()),
+           *args.also]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     with args.results.open("a") as fobj:
