@@ -112,7 +112,7 @@ def test_participant_and_torchrun_group_levels_on_cuda(synthetic_bids, tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            "--nproc_per_node", "1", "-m", "harmonize_bids", str(synthetic_bids),
            str(group_out), "group", "-w", str(tmp_path / "gwork"), "--train-steps", "20",
-           "--batch-size", "8", "--patch-size", "32", "--shifted-copies", "0",
+           "--batch-size", "8", "--patch-size", "32", "--shifted-copies", "1",
            "--skip-bids-validation", "--omp-nthreads", "2", "--nprocs", "2",
            "--device", "cuda"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)

@@ -245,6 +245,13 @@ def test_untrusted_model_files_are_refused(tmp_path):
         load_model(truncated)
     with pytest.raises(ModelFileError, match="not found"):
         load_model(tmp_path / "missing.safetensors")
+    # a damaged card beside good weights: the file's error, not a JSON traceback
+    good.with_suffix(".json").write_text('{"sites": ["a"')
+    with pytest.raises(ModelFileError, match="model card is not valid JSON"):
+        load_model(good)
+    good.with_suffix(".json").write_text('["a"]')
+    with pytest.raises(ModelFileError, match="not a JSON object"):
+        load_model(good)
 
 
 # ------------------------------------------------------------------ training

@@ -13,7 +13,7 @@ def test_torchrun_two_processes_train_one_model(sloppy_run, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "harmonize_bids", str(sloppy_run["bids"]), str(out), "group",
            "-w", str(tmp_path / "work"), "--train-steps", "3", "--batch-size", "2",
-           "--patch-size", "32", "--shifted-copies", "0", "--skip-bids-validation",
+           "--patch-size", "32", "--shifted-copies", "1", "--skip-bids-validation",
            "--from-scratch",
            "--omp-nthreads", "1", "--nprocs", "1", "--device", "cpu"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -4,8 +4,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
-from harmonize_bids.training.group import GroupOptions, fit_group_model
+from harmonize_bids.diffusion.checkpoint import bundled_model
+from harmonize_bids.exceptions import UsageError
+from harmonize_bids.training.group import (GroupOptions, check_same_start, fit_group_model,
+                                           starting_model)
 from toys import toy_labels
 
 
@@ -39,3 +43,57 @@ def test_fit_group_model_leaves_its_inputs_alone_and_writes_the_model(tmp_path):
     assert card["training"]["initialized_from"] is None
     assert card["training"]["total_steps_including_initialization"] == 1
     assert (tmp_path / "work" / "group_training" / "state.json").is_file()
+    assert "licences" not in card  # a new network owes no earlier data its credits
+    record = tmp_path / "work" / "group_training" / "initialized_from.json"
+    assert json.loads(record.read_text()) == {"from_scratch": True}
+
+
+def test_fit_group_model_needs_shifted_copies(tmp_path):
+    """Each participant is at one site: without shifted copies the model would only
+    learn to copy its input."""
+    brain, mask = toy_brain((0.2, 0.5, 0.9), 0)
+    with pytest.raises(UsageError, match="at least 1"):
+        fit_group_model({"sub-0": {"a": brain}}, {"sub-0": mask}, ["sub-0"], tmp_path / "m",
+                        tmp_path / "w", GroupOptions(shifted_copies=0), log=lambda _: None)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "w").exists()
+
+
+def test_a_training_resumes_only_from_the_weights_it_began_with(tmp_path):
+    record = tmp_path / "group_training" / "initialized_from.json"
+    record.parent.mkdir()
+    check_same_start(record, {"sha256": "aa"}, resuming=False)
+    assert json.loads(record.read_text()) == {"sha256": "aa"}
+    check_same_start(record, {"sha256": "aa"}, resuming=True)  # same start: resumes
+    with pytest.raises(UsageError, match="begun from other weights"):
+        check_same_start(record, {"sha256": "bb"}, resuming=True)
+    with pytest.raises(UsageError, match="begun from other weights"):
+        check_same_start(record, {"from_scratch": True}, resuming=True)
+    check_same_start(record, {"sha256": "bb"}, resuming=False, write=False)  # torchrun rank > 0
+    assert json.loads(record.read_text()) == {"sha256": "aa"}
+    check_same_start(record, {"sha256": "bb"}, resuming=False)  # nothing saved yet: starts over
+    assert json.loads(record.read_text()) == {"sha256": "bb"}
+    record.unlink()
+    check_same_start(record, {"sha256": "cc"}, resuming=True)  # a checkpoint older than the record
+    assert not record.exists()
+
+
+@pytest.mark.skipif(bundled_model() is None, reason="no bundled model in this installation")
+def test_a_site_without_landmarks_says_where_its_rows_come_from():
+    """Known sites keep their rows, a new site with landmarks takes the nearest known
+    site's, and one without any takes the first known site, with a warning."""
+    messages: list[str] = []
+    bundled = bundled_model()
+    from harmonize_bids.diffusion.checkpoint import read_config
+
+    known = read_config(bundled)
+    ge = known.site_landmarks["ge15tspgr"]
+    _, _, start = starting_model(bundled, ("ge15tspgr", "new15t", "nolandmarks"),
+                                 {"ge15tspgr": ge, "new15t": [1.02 * v for v in ge]},
+                                 log=messages.append)
+    assert start["site_donors"] == {"ge15tspgr": "ge15tspgr", "new15t": "ge15tspgr",
+                                    "nolandmarks": known.sites[0]}
+    assert start["site_donor_basis"] == {
+        "ge15tspgr": "same site", "new15t": "nearest tissue landmarks",
+        "nolandmarks": "first known site (no tissue landmarks measured for this site)"}
+    assert any(m.startswith("WARNING: site 'nolandmarks'") for m in messages)
+    assert not any("no model card" in m for m in messages)

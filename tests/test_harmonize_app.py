@@ -223,6 +223,10 @@ def test_group_level_fine_tunes_the_bundled_model_by_default(sloppy_run, tmp_pat
         bundled_card["training"]["output_consistency_weight"]
     assert card["config"]["source_input"] is True
     assert card["config"]["base_channels"] == bundled.config.base_channels
+    # the weights derive from the bundled model's data (IXI: CC BY-SA 3.0): its credits stay
+    assert card["licences"] == bundled_card["licences"] and "IXI" in card["licences"]
+    assert start["training_data"] == bundled_card["training_data"]
+    assert set(start["site_donor_basis"].values()) <= {"same site", "nearest tissue landmarks"}
     # two steps away from the bundled weights (EMA), far from a new network's
     group_model, _ = load_model(model)
     torch.testing.assert_close(group_model.encoder.state_dict(), bundled.encoder.state_dict(),

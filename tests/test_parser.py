@@ -45,6 +45,7 @@ def test_version_exits_zero(capsys):
     ["bids", "out", "participant", "--source-guidance", "nan"],
     ["bids", "out", "participant", "--match-intensities", "yes"],
     ["bids", "out", "group", "--warmup-steps", "-1"],
+    ["bids", "out", "group", "--shifted-copies", "0"],
 ])
 def test_usage_errors_exit_64(argv, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -241,8 +241,10 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--gradient-checkpointing", action="store_true",
                        help="recompute activations in the backward pass: less memory for "
                             "bigger batches/patches, at the cost of more compute")
-    train.add_argument("--shifted-copies", type=int, default=3,
-                       help="protocol-shifted copies of each image used as extra sources")
+    train.add_argument("--shifted-copies", type=_positive_int, default=3, metavar="N",
+                       help="protocol-shifted copies of each image: the sources the model "
+                            "learns to map from, since each participant is scanned at one "
+                            "site only (at least 1; default: %(default)s)")
 
     perf = parser.add_argument_group("Performance and reproducibility")
     perf.add_argument("-w", "--work-dir", type=Path, default=Path("work"),

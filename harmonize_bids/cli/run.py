@@ -134,11 +134,11 @@ def print_model_info(model: Path | None) -> int:
     """``--model-info``: the model card as JSON."""
     import json
 
-    from harmonize_bids.diffusion.checkpoint import card_path, file_sha256, read_config
+    from harmonize_bids.diffusion.checkpoint import file_sha256, read_card, read_config
 
     path = resolve_model(model)
     config = read_config(path)
-    card = json.loads(card_path(path).read_text()) if card_path(path).is_file() else {}
+    card = read_card(path)
     card.update({"model_file": str(path), "sha256": file_sha256(path),
                  "sites": list(config.sites), "config": config.to_dict()})
     print(json.dumps(card, indent=2, sort_keys=True))

@@ -41,6 +41,24 @@ def card_path(model_path: Path) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
+def read_card(model_path: Path) -> dict[str, Any]:
+    """The model card beside a model file; ``{}`` when there is none.
+
+    >>> read_card(Path("/nonexistent/model.safetensors"))
+    {}
+    """
+    path = card_path(model_path)
+    if not path.is_file():
+        return {}
+    try:
+        card = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"{path}: the model card is not valid JSON ({err})") from err
+    if not isinstance(card, dict):
+        raise ModelFileError(f"{path}: the model card is not a JSON object")
+    return card
+
+
 def _read_header(path: Path) -> dict[str, Any]:
     """Parse the safetensors header by hand (8-byte length + JSON), refusing anything else."""
     path = Path(path)
@@ -113,7 +131,4 @@ def load_model(path: Path, device: str = "cpu"):
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ModelFileError(f"{path}: weights do not match the config ({err})") from err
-    card = {}
-    if card_path(path).is_file():
-        card = json.loads(card_path(path).read_text())
-    return model.to(device).eval(), card
+    return model.to(device).eval(), read_card(path)

@@ -65,6 +65,21 @@ def recipe_from_card(card: dict) -> dict:
     return {key: training[key] for key in RECIPE_FIELDS if key in training}
 
 
+def donor_basis(site: str, known_sites: tuple[str, ...], landmarks: dict) -> str:
+    """Why :func:`~harmonize_bids.training.warm_start.site_donors` chose a site's donor.
+
+    >>> donor_basis("a", ("a", "b"), {}), donor_basis("x", ("a",), {"x": [1.0]})
+    ('same site', 'nearest tissue landmarks')
+    >>> donor_basis("x", ("a",), {"x": None})
+    'first known site (no tissue landmarks measured for this site)'
+    """
+    if site in known_sites:
+        return "same site"
+    if landmarks.get(site) is None:
+        return "first known site (no tissue landmarks measured for this site)"
+    return "nearest tissue landmarks"
+
+
 def starting_model(start_from: Path, sites: tuple[str, ...], landmarks: dict,
                    log: Callable[[str], None] = print):
     """The earlier model's network for the dataset's ``sites``: ``(model, card, start)``.
@@ -80,9 +95,18 @@ def starting_model(start_from: Path, sites: tuple[str, ...], landmarks: dict,
     from harmonize_bids.training.warm_start import site_donors, with_sites
 
     earlier, card = load_model(start_from)
+    if not card:
+        log(f"WARNING: {start_from} has no model card beside it: the fine-tune cannot "
+            "take over its loss terms and uses the group level's own")
     known = earlier.config.site_landmarks
-    donors = site_donors(known, {site: landmarks.get(site) for site in sites},
-                         earlier.config.sites)
+    new = {site: landmarks.get(site) for site in sites}
+    donors = site_donors(known, new, earlier.config.sites)
+    basis = {site: donor_basis(site, earlier.config.sites, new) for site in sites}
+    for site, why in basis.items():
+        if why.startswith("first known site"):
+            log(f"WARNING: site '{site}' starts from '{donors[site]}', the starting model's "
+                "first site: none of its brains gave tissue intensity landmarks to choose "
+                "a donor by")
     config = dataclasses.replace(earlier.config, sites=sites, site_landmarks=landmarks)
     model = HarmonizationModel(config)
     model.load_state_dict(with_sites(earlier.state_dict(), earlier.config.sites, donors,
@@ -90,9 +114,11 @@ def starting_model(start_from: Path, sites: tuple[str, ...], landmarks: dict,
     training = card.get("training", {})
     start = {"file": Path(start_from).name, "sha256": file_sha256(start_from),
              "sites": list(earlier.config.sites),
+             # None when the earlier model's card does not say
              "steps": training.get("total_steps_including_initialization",
                                    training.get("steps")),
-             "site_donors": donors}
+             "site_donors": donors, "site_donor_basis": basis,
+             "training_data": card.get("training_data", {})}
     log("Starting from " + str(start_from) + "; each site's rows from: "
         + ", ".join(f"{site} <- {donor}" for site, donor in donors.items()))
     return model, card, start
@@ -155,6 +181,42 @@ def loss_figure(history: list[dict], path: Path) -> Path:
     return path
 
 
+def total_steps(steps: int, start: dict | None) -> int | None:
+    """Optimizer steps behind a model: this run's plus its starting model's; None
+    when the starting model's card does not say.
+
+    >>> total_steps(2000, None), total_steps(2000, {"steps": 8300}), total_steps(5, {"steps": None})
+    (2000, 10300, None)
+    """
+    if start is None:
+        return steps
+    return None if start.get("steps") is None else steps + start["steps"]
+
+
+def check_same_start(record: Path, start: dict, resuming: bool, write: bool = True) -> None:
+    """Refuse to resume a training begun from other weights; record the start otherwise.
+
+    Two starting models of one configuration (e.g. ``--model`` A, then B, or a new
+    bundled model after an upgrade) pass the checkpoint's config check, so the start
+    is recorded beside the checkpoint.  A checkpoint from before this record is resumed.
+    """
+    import json
+
+    from harmonize_bids.utils.io import atomic_write_json
+
+    if resuming and record.is_file():
+        try:
+            before = json.loads(record.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            before = None
+        if before != start:
+            raise UsageError(
+                f"{record.parent} holds a training begun from other weights ({before}, "
+                f"now {start}): remove that folder or use another work directory (-w)")
+    elif not resuming and write:
+        atomic_write_json(start, record)
+
+
 def model_voxel_mm(options: GroupOptions) -> float:
     """The voxel size the group model works at: its starting model's, else ``options``'."""
     if options.start_from is None:
@@ -199,6 +261,9 @@ def fit_group_model(volumes: dict, masks: dict, used: list[str], models_dir: Pat
         use_bf16,
     )
 
+    if options.shifted_copies < 1:
+        raise UsageError("--shifted-copies must be at least 1: each participant is scanned "
+                         "at one site only, so its shifted copies are the only sources")
     torch.manual_seed(options.seed)
     volumes = {sub: dict(per_site) for sub, per_site in volumes.items()}  # copies get added
     sites = tuple(sorted({next(iter(v)) for v in volumes.values()}))
@@ -210,7 +275,7 @@ def fit_group_model(volumes: dict, masks: dict, used: list[str], models_dir: Pat
             by_site.setdefault(site, []).append((vol, masks[sub]))
     landmarks = site_landmarks(by_site)
     log(f"Training on {len(used)} image(s) from {len(sites)} site(s): {', '.join(sites)}")
-    recipe, start = {}, None
+    recipe, start, licences = {}, None, {}
     if options.start_from is None:
         model = HarmonizationModel(ModelConfig(sites=sites, base_channels=options.base_channels,
                                                voxel_mm=options.voxel_mm,
@@ -218,12 +283,12 @@ def fit_group_model(volumes: dict, masks: dict, used: list[str], models_dir: Pat
     else:
         model, start_card, start = starting_model(options.start_from, sites, landmarks, log)
         recipe = recipe_from_card(start_card)
+        # the weights derive from the earlier model's training data: keep its credits
+        licences = start_card.get("licences", {})
     config = model.config
     rng = np.random.default_rng(options.seed)
-    if options.shifted_copies:
-        log(f"Rendering {options.shifted_copies} protocol-shifted copies per image ...")
-        add_shifted_copies(volumes, masks, options.shifted_copies, rng,
-                           (config.voxel_mm,) * 3)
+    log(f"Rendering {options.shifted_copies} protocol-shifted copies per image ...")
+    add_shifted_copies(volumes, masks, options.shifted_copies, rng, (config.voxel_mm,) * 3)
     data = PairedSlices(volumes, list(sites), context_slices=config.context_slices,
                         crop=(options.patch_size, options.patch_size),
                         fill_background=config.fill_background)
@@ -241,6 +306,9 @@ def fit_group_model(volumes: dict, masks: dict, used: list[str], models_dir: Pat
         log(f"Data-parallel training: process {loop.rank} of {loop.world_size}")
     state = Path(work_dir) / "group_training" / "state.safetensors"
     state.parent.mkdir(parents=True, exist_ok=True)
+    check_same_start(state.parent / "initialized_from.json",
+                     {"sha256": start["sha256"]} if start else {"from_scratch": True},
+                     resuming=state.is_file(), write=loop.rank == 0)
     try:
         resumed = load_state(loop, state)
     except ValueError as err:
@@ -271,6 +339,7 @@ def fit_group_model(volumes: dict, masks: dict, used: list[str], models_dir: Pat
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "harmonize_bids_version": __version__, "torch_version": torch.__version__,
         "python": platform.python_version(), "device": device, "bf16": bf16,
+        **({"licences": licences} if licences else {}),
         "training_data": {"images": used, "n_images": len(used),
                           "shifted_copies_per_image": options.shifted_copies},
         "training": {"steps": loop.step, "batch_size": options.batch_size,
@@ -278,8 +347,7 @@ def fit_group_model(volumes: dict, masks: dict, used: list[str], models_dir: Pat
                      "warmup_steps": options.warmup_steps, "seed": options.seed,
                      "seconds": round(time.monotonic() - started, 1),
                      **recipe, "initialized_from": start,
-                     "total_steps_including_initialization":
-                         loop.step + ((start or {}).get("steps") or 0)},
+                     "total_steps_including_initialization": total_steps(loop.step, start)},
         "losses": {"first_50": float(np.mean([h["diffusion"] for h in hist[:50]])),
                    "last_50": float(np.mean([h["diffusion"] for h in hist[-50:]]))},
     }
