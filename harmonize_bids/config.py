@@ -7,6 +7,7 @@ run can be repeated and audited (random seed included).
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,10 @@ from typing import Any, Literal
 import tomli_w
 
 from harmonize_bids.diffusion.schedule import SamplerSettings
+
+#: dict settings written as JSON text: they may hold ``null`` (a BIDS filter's "entity
+#: absent", a YAML plugin file's ``~``), which TOML cannot write
+JSON_FIELDS = ("bids_filters", "plugin_args")
 
 AnalysisLevel = Literal["participant", "group"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -73,7 +78,9 @@ class Settings:
                                samples=self.samples, source_guidance=self.source_guidance)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain, TOML-serializable view (paths as strings, None dropped)."""
+        """Plain, TOML-serializable view (paths as strings, None dropped; the dict
+        settings, such as BIDS filters whose ``null`` means "entity absent", as JSON
+        text, since TOML has no null)."""
         out = {}
         for key, value in dataclasses.asdict(self).items():
             if value is None:
@@ -82,6 +89,8 @@ class Settings:
                 value = str(value)
             elif isinstance(value, tuple):
                 value = list(value)
+            elif key in JSON_FIELDS:
+                value = json.dumps(value, sort_keys=True)
             out[key] = value
         return out
 
@@ -104,5 +113,7 @@ class Settings:
                 value = Path(value)
             elif fld.name in ("participant_label", "session_label"):
                 value = tuple(value)
+            elif fld.name in JSON_FIELDS and isinstance(value, str):
+                value = json.loads(value)
             kwargs[fld.name] = value
         return cls(**kwargs)

@@ -60,7 +60,8 @@ OUTPUTS: dict[str, OutputSpec] = {
     ),
     "t1w2std_xfm": OutputSpec(
         {"from": "T1w", "to": TEMPLATE_SPACE, "mode": "image", "suffix": "xfm", "extension": ".h5"},
-        {"Description": "ANTs composite transform (affine + SyN) from T1w to template space.",
+        {"Description": "ANTs composite transform from T1w to template space "
+                        "(RegistrationTransform: which transforms were fitted).",
          "FromSpace": "T1w", "ToSpace": TEMPLATE_SPACE},
         sources=("t1w_preproc", "brain_mask"),
     ),

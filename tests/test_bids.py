@@ -93,11 +93,29 @@ def test_sites_from_tsv_session_and_sidecar(skeleton):
     assert recs["sub-03_T1w.nii.gz"].site == "ge-signahdxt-1.5t"
     assert recs["sub-03_T1w.nii.gz"].site_source == "sidecar"
     # another column, and the session as site
-    recs = bu.resolve_sites(layout, bu.collect_t1w(layout, ("01",)), site_column="none",
-                            site_from_session=True)
-    assert {r.site for r in recs} == {"a", "b"}
     recs = bu.resolve_sites(layout, bu.collect_t1w(layout), site_column="scanner")
     assert sorted(r.site for r in recs) == ["A", "A", "A", "B", "C"]
+    # a column asked for by name must exist (a misspelling would fall back silently)
+    with pytest.raises(UsageError, match="no such column.*participant_id, site, scanner"):
+        bu.resolve_sites(layout, bu.collect_t1w(layout), site_column="Site")
+    # without a site in participants.tsv (a BOM in the file is fine), the session
+    (skeleton / "participants.tsv").write_text(
+        "\ufeffparticipant_id\tsite\nsub-01\tn/a\nsub-03\tX\n", encoding="utf-8")
+    recs = bu.resolve_sites(layout, bu.collect_t1w(layout, ("01",)), site_from_session=True)
+    assert {r.site for r in recs} == {"a", "b"}
+    assert bu.resolve_sites(layout, bu.collect_t1w(layout, ("03",)))[0].site == "X"
+
+
+def test_images_differing_only_in_uncarried_entities_are_refused(skeleton):
+    """Two echoes of one T1w would get one derivative name: refuse them, and point to
+    the filter that selects one."""
+    _tiny_t1w(skeleton / "sub-03/anat/sub-03_echo-1_T1w.nii.gz")
+    _tiny_t1w(skeleton / "sub-03/anat/sub-03_echo-2_T1w.nii.gz")
+    layout = bu.load_layout(skeleton)
+    with pytest.raises(InputError, match="echo-1_T1w.nii.gz, .*echo-2_T1w.nii.gz.*echo"):
+        bu.resolve_sites(layout, bu.collect_t1w(layout, ("03",)))
+    recs = bu.resolve_sites(layout, bu.collect_t1w(layout, ("03",), (), {"t1w": {"echo": 1}}))
+    assert [r.path.name for r in recs] == ["sub-03_echo-1_T1w.nii.gz"]
 
 
 def test_record_entities_and_label(skeleton):

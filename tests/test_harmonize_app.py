@@ -118,6 +118,20 @@ def test_match_intensities_without_landmarks_is_refused_early(synthetic_bids, ti
     assert not (tmp_path / "out" / "sub-01").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is usable here")
+@pytest.mark.parametrize("level", ["participant", "group"])
+def test_device_cuda_without_a_gpu_is_refused_up_front(synthetic_bids, tiny_model_file,
+                                                        tmp_path, caplog, level):
+    """Not after hours of preprocessing (participant) or of loading brains (group)."""
+    extra = ["--target-site", "siteA", "--model", str(tiny_model_file)] \
+        if level == "participant" else []
+    code = main([str(synthetic_bids), str(tmp_path / "out"), level, "-w", str(tmp_path / "w"),
+                 "--skip-bids-validation", "--device", "cuda", *extra])
+    assert code == 64
+    assert "no CUDA GPU is available: use --device cpu or auto" in caplog.text
+    assert not (tmp_path / "out" / "sub-01").exists()
+
+
 def test_model_errors(synthetic_bids, tmp_path):
     pickled = tmp_path / "model.pt"
     torch.save({"w": torch.zeros(1)}, pickled)

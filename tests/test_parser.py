@@ -55,6 +55,21 @@ def test_usage_errors_exit_64(argv, tmp_path, monkeypatch):
     assert exc.value.code == 64
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["bids", "out", "participant", "--steps", "1001"], "sample_steps must be in"),
+    # outputs inside the input, outside derivatives/, would be read back as input
+    (["bids", "bids/myout", "participant"], "not under its derivatives/ folder"),
+])
+def test_cross_option_usage_errors(argv, message, tmp_path, monkeypatch):
+    from harmonize_bids.exceptions import UsageError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bids").mkdir()
+    with pytest.raises(UsageError, match=message):
+        parse_args(argv)
+    parse_args(["bids", "bids/derivatives/harmonize_bids", "participant"])  # the usual place
+
+
 def test_labels_and_aliases(tmp_path):
     bids = tmp_path / "bids"
     bids.mkdir()
@@ -84,6 +99,13 @@ def test_settings_roundtrip_toml(tmp_path):
     assert s.sampler().timesteps(1000) == [999, 859, 719, 580, 440, 300]
     assert s.sampler().samples == 2 and s.sampler().source_guidance == 0.5
     assert Settings.from_filename(s.to_filename(tmp_path / "w" / "c2.toml")) == s
+    # --help's own filter example: null ("entity absent") cannot be written as TOML
+    filters = tmp_path / "filters.json"
+    filters.write_text('{"t1w": {"acquisition": "mprage", "run": null}}')
+    s = parse_args([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"),
+                    "--bids-filter-file", str(filters)])
+    assert s.bids_filters == {"t1w": {"acquisition": "mprage", "run": None}}
+    assert Settings.from_filename(s.to_filename(tmp_path / "w" / "c3.toml")) == s
 
 
 @pytest.mark.parametrize("label", ["../../etc", "sub-01/..", "a b", "01;rm"])

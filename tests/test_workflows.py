@@ -22,6 +22,21 @@ def test_anat_preproc_wf_nodes():
     assert "brain_extraction_wf.reg_head_syn" not in sloppy
 
 
+def test_sidecars_and_boilerplate_name_the_registration_that_ran():
+    """--sloppy registers affine only: the transforms' sidecars and the methods text
+    must not claim SyN."""
+    from harmonize_bids.workflows.outputs import init_ds_anat_wf
+
+    for sloppy, transform in ((False, "Affine + SyN"), (True, "Affine")):
+        ds = init_ds_anat_wf(output_dir="/out", source_entities={"subject": "01"}, site="a",
+                             random_seed=3, transform=AntsSettings.for_run(sloppy).transform,
+                             sloppy=sloppy)
+        meta = ds.get_node("ds_t1w2std_xfm").inputs.metadata
+        assert meta["RegistrationTransform"] == transform and meta["Sloppy"] is sloppy
+        desc = init_anat_preproc_wf(omp_nthreads=1, sloppy=sloppy, random_seed=0).__desc__
+        assert ("affine only" in desc) is sloppy and ("SyN" in desc) is not sloppy
+
+
 def test_second_n4_is_fitted_on_the_extracted_brain():
     """The preprocessed head and the brain that is registered come from the N4 pass
     whose field is fitted inside the brain mask, run on the reoriented raw image."""
@@ -70,6 +85,9 @@ def test_top_level_has_one_branch_per_image(synthetic_bids, tmp_path):
     branches = {n.split(".")[0] for n in wf.list_node_names()}
     assert branches == {workflow_name(r) for r in records} == {
         "sub_01_wf", "sub_02_wf", "sub_03_wf"}
+    sink = wf.get_node("sub_01_wf").get_node("ds_anat_wf").get_node("ds_t1w2std_xfm")
+    assert sink.inputs.metadata["Sloppy"] is True  # --sloppy reaches the sidecars
+    assert sink.inputs.metadata["RegistrationTransform"] == "Affine"
 
 
 def test_harmonize_options_reach_the_harmonize_node(synthetic_bids, tmp_path):

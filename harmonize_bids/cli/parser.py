@@ -337,6 +337,11 @@ def _check(opts: argparse.Namespace) -> Settings:
     if output_dir.resolve() == bids_dir.resolve():
         raise UsageError("The output directory must not be the BIDS directory; "
                          "use e.g. <bids_dir>/derivatives/harmonize_bids.")
+    if _is_within(output_dir, bids_dir) and not _is_within(output_dir, bids_dir / "derivatives"):
+        raise UsageError(f"The output directory {output_dir} is inside the BIDS directory "
+                         "but not under its derivatives/ folder, so a later run would read "
+                         "the outputs back as input: use e.g. "
+                         "<bids_dir>/derivatives/harmonize_bids.")
     if _is_within(work_dir, bids_dir):
         raise UsageError(f"The work directory {work_dir} must not be inside the BIDS "
                          "directory (the input is never written to).")
@@ -345,6 +350,12 @@ def _check(opts: argparse.Namespace) -> Settings:
     if opts.stop_at >= opts.strength:
         raise UsageError(f"--stop-at {opts.stop_at:g} must be below --strength "
                          f"{opts.strength:g} (the chain runs from strength down to stop-at).")
+    try:
+        SamplerSettings(steps=opts.steps, strength=opts.strength, stop=opts.stop_at,
+                        samples=opts.samples, source_guidance=opts.source_guidance)
+    except ValueError as err:  # e.g. more steps than the diffusion has timesteps
+        raise UsageError(f"Invalid sampler settings (--steps, --strength, --stop-at, "
+                         f"--samples, --source-guidance): {err}") from None
     if opts.from_scratch and opts.model is not None:
         raise UsageError("--from-scratch trains a new network; --model names the one the "
                          "group level would start from: give one or the other.")

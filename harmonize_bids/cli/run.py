@@ -102,6 +102,24 @@ def resolve_model(model: Path | None) -> Path:
     return bundled
 
 
+#: nipype plugins that run every node on this machine
+LOCAL_PLUGINS = ("MultiProc", "Linear")
+
+
+def check_device(device: str, plugin: str = "MultiProc") -> None:
+    """Refuse ``--device cuda`` up front (exit 64) where the model would run here and
+    no GPU is usable, instead of failing every image after its preprocessing.  Jobs
+    sent to a cluster scheduler (other plugins) may land on GPU nodes: not checked."""
+    from harmonize_bids.interfaces.harmonize import resolve_device
+
+    if device != "cuda" or plugin not in LOCAL_PLUGINS:
+        return
+    try:
+        resolve_device(device)
+    except RuntimeError as err:
+        raise UsageError(f"{err}: use --device cpu or auto") from None
+
+
 def check_target_site(model_file: Path, target_site: str, match_intensities: str = "none"
                       ) -> str:
     """Refuse early (exit 64) a target site the model does not know, or intensity
@@ -185,6 +203,12 @@ def collect_records(settings: Settings):
                                        settings.site_from_session)
     LOGGER.info("Selected %d T1w image(s) from %d participant(s). Sites:\n%s", len(records),
                 len({r.subject for r in records}), bids_utils.format_site_table(records))
+    unknown = [r.label for r in records if r.site_source == "none"]
+    if unknown:
+        LOGGER.warning("%d image(s) have no site (no participants.tsv '%s' value, no "
+                       "scanner fields in their sidecars) and are pooled as site 'unknown': "
+                       "%s. Name their sites in participants.tsv (--site-column).",
+                       len(unknown), settings.site_column, ", ".join(unknown[:10]))
     return records
 
 
@@ -195,6 +219,7 @@ def build_workflow(settings: Settings):
     records = collect_records(settings)
     harmonize = None
     if settings.target_site is not None:
+        check_device(settings.device, settings.plugin)
         model_file = resolve_model(settings.model)
         scheme = check_target_site(model_file, settings.target_site,
                                    settings.match_intensities)
@@ -358,6 +383,8 @@ def _run_group(settings: Settings) -> int:
     from harmonize_bids.site_intensity import STORED_PER_TISSUE
     from harmonize_bids.training.group import GroupOptions, model_voxel_mm, train_group_model
 
+    if not settings.landmarks_only:
+        check_device(settings.device)
     records = collect_records(settings)
     settings.to_filename(settings.work_dir / "config_group.toml")
     options = GroupOptions(

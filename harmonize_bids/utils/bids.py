@@ -38,6 +38,9 @@ SCANNER_FIELDS = (
 
 #: Entities of the source file that are carried into derivative names.
 SOURCE_ENTITIES = ("subject", "session", "acquisition", "ceagent", "reconstruction", "run")
+#: Entities a T1w may have that derivative names do not carry: images differing only
+#: in these are refused (:func:`resolve_sites`) rather than written over each other.
+NOT_CARRIED = ("task", "echo", "part", "chunk")
 
 _LABEL_RE = re.compile(r"^[a-zA-Z0-9]+$")
 
@@ -190,13 +193,25 @@ def collect_t1w(
     return sorted(Path(f) for f in files)
 
 
+#: the site column looked for when ``--site-column`` is not given
+DEFAULT_SITE_COLUMN = "site"
+
+
 def _participants_sites(layout, column: str) -> dict[str, str]:
+    """``{subject: site}`` from participants.tsv's ``column``; ``{}`` without the file
+    (or without the default column).  A column asked for by name that the file lacks
+    is a usage error: a misspelling would otherwise fall back to scanner fields."""
     tsv = Path(layout.root) / "participants.tsv"
     if not tsv.is_file():
         return {}
-    with tsv.open(newline="") as fobj:
-        rows = list(csv.DictReader(fobj, delimiter="\t"))
-    if not rows or column not in rows[0]:
+    with tsv.open(newline="", encoding="utf-8-sig") as fobj:  # tolerate a BOM
+        reader = csv.DictReader(fobj, delimiter="\t")
+        rows = list(reader)
+        columns = list(reader.fieldnames or [])
+    if column not in columns:
+        if column != DEFAULT_SITE_COLUMN:
+            raise UsageError(f"--site-column {column}: participants.tsv has no such column "
+                             f"(its columns: {', '.join(columns)})")
         return {}
     sites = {}
     for row in rows:
@@ -237,7 +252,7 @@ def resolve_sites(
 ) -> list[T1wRecord]:
     """Attach a site to each image: participants.tsv, else session, else scanner fields."""
     from_tsv = _participants_sites(layout, site_column)
-    records = []
+    records, by_label = [], {}
     for path in files:
         bids_file = layout.get_file(str(path))
         entities = {k: v for k, v in bids_file.get_entities().items() if k in SOURCE_ENTITIES}
@@ -250,7 +265,18 @@ def resolve_sites(
         else:
             key = scanner_site_key(layout.get_metadata(str(path)))
             site, source = (key, "sidecar") if key else ("unknown", "none")
-        records.append(T1wRecord(path=Path(path), entities=entities, site=site, site_source=source))
+        record = T1wRecord(path=Path(path), entities=entities, site=site, site_source=source)
+        by_label.setdefault(record.label, []).append(record)
+        records.append(record)
+    clashes = {label: recs for label, recs in by_label.items() if len(recs) > 1}
+    if clashes:
+        label, recs = next(iter(clashes.items()))
+        raise InputError(
+            f"{len(clashes)} group(s) of T1w images would share derivative names, e.g. "
+            f"{label}: " + ", ".join(r.relpath for r in recs) + ". Their names differ only "
+            f"in entities the derivatives do not carry ({', '.join(NOT_CARRIED)}): select "
+            "one per group with --bids-filter-file, e.g. "
+            '{"t1w": {"echo": 1}} or {"t1w": {"part": "mag"}}.')
     return records
 
 

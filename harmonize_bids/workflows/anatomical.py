@@ -104,7 +104,9 @@ def init_anat_preproc_wf(*, omp_nthreads: int, sloppy: bool, random_seed: int,
         "probability map, "
         + ("corrected with N4 again with the field fitted inside the brain mask, "
            if settings.n4_in_brain else "")
-        + "and registered to MNI152NLin2009aSym (ANTs affine + SyN)."
+        + "and registered to MNI152NLin2009aSym ("
+        + ("ANTs affine only: --sloppy" if settings.transform == "Affine"
+           else f"ANTs affine + {settings.transform}") + ")."
     )
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=[

@@ -9,7 +9,7 @@ from nipype.pipeline import engine as pe
 
 from harmonize_bids.diffusion.schedule import SamplerSettings
 from harmonize_bids.utils.bids import T1wRecord
-from harmonize_bids.workflows.anatomical import init_anat_preproc_wf
+from harmonize_bids.workflows.anatomical import AntsSettings, init_anat_preproc_wf
 from harmonize_bids.workflows.harmonization import init_harmonize_wf
 from harmonize_bids.workflows.outputs import ANAT_OUTPUTS, init_ds_anat_wf, init_ds_harmonized_wf
 
@@ -63,7 +63,8 @@ def init_harmonize_bids_wf(*, records: list[T1wRecord], output_dir: Path, omp_nt
         anat_preproc_wf.inputs.inputnode.t1w = str(record.path)
         ds_anat_wf = init_ds_anat_wf(
             output_dir=output_dir, source_entities=dict(record.entities), site=record.site,
-            random_seed=random_seed)
+            random_seed=random_seed, transform=AntsSettings.for_run(sloppy).transform,
+            sloppy=sloppy)
         single_wf.connect(
             anat_preproc_wf, "outputnode.intensity_scale", ds_anat_wf, "inputnode.intensity_scale")
         for field in ANAT_OUTPUTS:
