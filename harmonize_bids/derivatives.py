@@ -8,6 +8,7 @@ package builds a derivative file name or dumps a sidecar.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import shutil
@@ -252,7 +253,9 @@ def init_derivatives(output_dir: Path, bids_dir: Path) -> None:
     """Create the output dataset's top-level files (safe under concurrent jobs).
 
     An existing ``dataset_description.json`` written by harmonize_bids is left
-    alone; each write is a rename, so parallel jobs always leave one valid file.
+    alone when it says what this run would write, else refreshed (a new version,
+    another container, a moved input); one written by another tool is refused.
+    Each write is a rename, so parallel jobs always leave one valid file.
     """
     output_dir = Path(output_dir)
     try:
@@ -262,8 +265,26 @@ def init_derivatives(output_dir: Path, bids_dir: Path) -> None:
     if not os.access(output_dir, os.W_OK):
         raise OutputError(f"Output directory {output_dir} is not writable.")
     desc = output_dir / "dataset_description.json"
-    if not desc.exists():
-        atomic_write_json(dataset_description(bids_dir), desc)
-    ignore = output_dir / ".bidsignore"
+    wanted = dataset_description(bids_dir)
+    if desc.exists():
+        try:
+            found = json.loads(desc.read_text())
+            names = [g.get("Name") for g in found.get("GeneratedBy", [])]
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
+            found, names = None, []
+        if "harmonize_bids" not in names:
+            raise OutputError(
+                f"{output_dir} holds another dataset ({desc} was not written by "
+                f"harmonize_bids): use an empty output directory, e.g. "
+                f"<bids_dir>/derivatives/harmonize_bids.")
+        if found == wanted:
+            _write_bidsignore(output_dir)
+            return
+    atomic_write_json(wanted, desc)
+    _write_bidsignore(output_dir)
+
+
+def _write_bidsignore(output_dir: Path) -> None:
+    ignore = Path(output_dir) / ".bidsignore"
     if not ignore.exists():
         atomic_write_text("\n".join(BIDSIGNORE) + "\n", ignore)

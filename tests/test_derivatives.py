@@ -89,6 +89,16 @@ def test_dataset_description_and_bidsignore(tmp_path, monkeypatch):
     before = (tmp_path / "out" / "dataset_description.json").stat().st_mtime_ns
     d.init_derivatives(tmp_path / "out", tmp_path / "bids")
     assert (tmp_path / "out" / "dataset_description.json").stat().st_mtime_ns == before
+    # one written by an earlier version (or for a moved input) is refreshed
+    path = tmp_path / "out" / "dataset_description.json"
+    path.write_text(json.dumps({**desc, "GeneratedBy": [{**gen, "Version": "0.0.1"}]}))
+    d.init_derivatives(tmp_path / "out", tmp_path / "bids")
+    assert json.loads(path.read_text()) == desc
+    # another tool's dataset (or a damaged file) is not written into
+    for text in (json.dumps({"Name": "x", "GeneratedBy": [{"Name": "fMRIPrep"}]}), "{"):
+        path.write_text(text)
+        with pytest.raises(OutputError, match="holds another dataset"):
+            d.init_derivatives(tmp_path / "out", tmp_path / "bids")
 
 
 def test_uncreatable_output_dir(tmp_path):
