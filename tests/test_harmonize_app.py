@@ -187,9 +187,12 @@ def test_group_level_trains_resumes_and_the_model_harmonizes(sloppy_run, tmp_pat
     assert main(common + ["--train-steps", "6"]) == 0
     state = json.loads((work / "group_training" / "state.json").read_text())
     assert state["step"] == 6 and [h["step"] for h in state["history"]] == list(range(1, 7))
-    # the default (a fine-tune of the bundled model) cannot resume this new network's run
+    # the default (a fine-tune of the bundled model) cannot resume this new network's run,
+    # and the refused run leaves the dataset's landmarks file alone
+    landmarks_written = (out / "site_landmarks.json").stat().st_mtime_ns
     assert main([a for a in common if a != "--from-scratch"] + ["--train-steps", "8"]) == 64
     assert json.loads((work / "group_training" / "state.json").read_text())["step"] == 6
+    assert (out / "site_landmarks.json").stat().st_mtime_ns == landmarks_written
     # the trained model plugs into the participant level
     code = main([str(sloppy_run["bids"]), str(out), "participant", "--sloppy", "-w",
                  str(tmp_path / "work2"), "--participant-label", "01", "--target-site", "siteC",

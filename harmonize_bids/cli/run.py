@@ -376,8 +376,8 @@ def run(settings: Settings) -> int:
 
 
 def _run_group(settings: Settings) -> int:
-    """Measure each site's tissue landmarks over the participants' preprocessed brains;
-    unless ``landmarks_only``, train a model on them (sites from the site table)."""
+    """Unless ``landmarks_only``, train a model on the participants' preprocessed brains
+    (sites from the site table); then measure each site's tissue landmarks over them."""
     from harmonize_bids.dataset_landmarks import measure_site_landmarks
     from harmonize_bids.derivatives import site_landmarks_path
     from harmonize_bids.site_intensity import STORED_PER_TISSUE
@@ -396,15 +396,15 @@ def _run_group(settings: Settings) -> int:
         num_threads=settings.omp_nthreads, seed=settings.random_seed,
         gradient_checkpointing=settings.gradient_checkpointing,
         checkpoint_every=max(1, min(200, settings.train_steps // 10)))
+    if not settings.landmarks_only:
+        train_group_model(records, settings.output_dir, settings.work_dir, options,
+                          log=lambda msg: LOGGER.info("%s", msg))
     # measured at the voxel size of the model the participant level will use: the group
-    # model's (its starting model's, or a new network's; --from-scratch needs no bundled one)
+    # model's (its starting model's, or a new network's; --from-scratch needs no bundled
+    # one); after the training, so that a refused or failed one leaves the file as it was
     measure_site_landmarks(records, settings.output_dir, model_voxel_mm(options),
                            STORED_PER_TISSUE, site_landmarks_path(settings.output_dir),
                            log=lambda msg: LOGGER.info("%s", msg))
-    if settings.landmarks_only:
-        return 0
-    train_group_model(records, settings.output_dir, settings.work_dir, options,
-                      log=lambda msg: LOGGER.info("%s", msg))
     return 0
 
 
