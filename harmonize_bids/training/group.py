@@ -318,6 +318,9 @@ def fit_group_model(volumes: dict, masks: dict, used: list[str], models_dir: Pat
             f"work directory (-w) to start this one ({err})") from err
     if resumed:
         log(f"Resuming from step {loop.step} ({state})")
+        if loop.step > options.train_steps:
+            log(f"WARNING: the saved training is at step {loop.step}, past --train-steps "
+                f"{options.train_steps}: the model is written as it is, with {loop.step} steps")
     started = time.monotonic()
     while loop.step < options.train_steps:
         todo = min(options.checkpoint_every, options.train_steps - loop.step)
