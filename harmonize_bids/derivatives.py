@@ -51,13 +51,15 @@ OUTPUTS: dict[str, OutputSpec] = {
         {"SkullStripped": False,
          "Description": "T1w reoriented to RAS and corrected for intensity non-uniformity (ANTs N4; "
                         "the field fitted inside the brain mask)."},
+        sources=("raw", "brain_mask"),
     ),
     "brain_mask": OutputSpec(
         {"desc": "brain", "suffix": "mask", "extension": ".nii.gz"},
         {"Type": "Brain",
-         "Description": "Brain mask: head template registered with ANTs, brain probability "
-                        "warped back, thresholded and cleaned."},
-        sources=("t1w_preproc",),
+         "Description": "Brain mask: head template registered with ANTs (to the T1w after a "
+                        "head-wide N4), brain probability warped back, thresholded and "
+                        "cleaned."},
+        sources=("raw",),
     ),
     "t1w2std_xfm": OutputSpec(
         {"from": "T1w", "to": TEMPLATE_SPACE, "mode": "image", "suffix": "xfm", "extension": ".h5"},

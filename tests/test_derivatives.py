@@ -33,11 +33,14 @@ def test_unknown_kind():
 def test_sidecars():
     mask = d.build_sidecar(ENTS, "brain_mask", site="boston")
     assert mask["Type"] == "Brain" and mask["Site"] == "boston"
-    assert mask["Sources"] == [
-        "bids::sub-01/ses-pre/anat/sub-01_ses-pre_acq-mprage_run-2_desc-preproc_T1w.nii.gz"]
+    # the mask comes from the raw image (after a head-wide N4); the final N4 fits its
+    # field inside the mask: provenance runs one way, never in a circle
+    assert mask["Sources"] == [f"bids:raw:{ENTS['_relpath']}"]
     assert mask["SpatialReference"] == f"bids:raw:{ENTS['_relpath']}"
     pre = d.build_sidecar(ENTS, "t1w_preproc")
-    assert pre["SkullStripped"] is False and pre["Sources"] == [f"bids:raw:{ENTS['_relpath']}"]
+    assert pre["SkullStripped"] is False and pre["Sources"] == [
+        f"bids:raw:{ENTS['_relpath']}",
+        "bids::sub-01/ses-pre/anat/sub-01_ses-pre_acq-mprage_run-2_desc-brain_mask.nii.gz"]
     std = d.build_sidecar(ENTS, "std_t1w", extra={"RandomSeed": 3})
     assert std["SkullStripped"] is True and std["SpatialReference"] == "MNI152NLin2009aSym"
     assert std["RandomSeed"] == 3 and len(std["Sources"]) == 3

@@ -60,7 +60,8 @@ def test_sidecars_record_site_sources_and_seed(sloppy_run):
     assert std["RandomSeed"] == 7 and std["SkullStripped"] is True
     assert std["IntensityNormalization"]["Divisor"] > 0
     pre = json.loads((anat / "sub-02_desc-preproc_T1w.json").read_text())
-    assert pre["Sources"] == ["bids:raw:sub-02/anat/sub-02_T1w.nii.gz"]
+    assert pre["Sources"] == ["bids:raw:sub-02/anat/sub-02_T1w.nii.gz",
+                              "bids::sub-02/anat/sub-02_desc-brain_mask.nii.gz"]
 
 
 def test_masks_match_truth_and_brains_land_on_template(sloppy_run):
