@@ -42,6 +42,9 @@ def test_participant_with_target_site_writes_harmonized_outputs(synthetic_bids, 
     assert side["TargetSite"] == "siteA" and side["SourceSite"] == "siteB"
     assert side["HarmonizationApplied"] is True
     assert side["Steps"] == 2 and side["RandomSeed"] == 5 and side["Device"] == "cpu"
+    from harmonize_bids.diffusion.checkpoint import read_config
+    last = round(0.25 * (read_config(tiny_model_file).num_timesteps - 1))
+    assert side["Timesteps"] == [read_config(tiny_model_file).num_timesteps - 1, last]
     assert side["StopAt"] == 0.25 and side["Strength"] == 1.0 and side["Samples"] == 2
     assert len(side["ModelSHA256"]) == 64
     assert side["TissueIntensitiesMatched"] is False  # a model without site landmarks

@@ -154,6 +154,8 @@ def harmonize_std_image(std_file: Path, mask_file: Path, model_file: Path, targe
         "ModelSHA256": file_sha256(model_file),
         "ModelSites": list(model.config.sites),
         **sampler.metadata(),
+        # what the chain ran: at a very small --strength fewer distinct timesteps remain
+        "Timesteps": sampler.timesteps(model.config.num_timesteps),
         **({"SourceSiteGuidanceAwayFrom": away} if away is not None else {}),
         "SliceLevelsEqualized": bool(level_slices),
         "TissueIntensitiesMatched": matched,
