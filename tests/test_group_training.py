@@ -48,6 +48,16 @@ def test_fit_group_model_leaves_its_inputs_alone_and_writes_the_model(tmp_path):
     assert json.loads(record.read_text()) == {"from_scratch": True}
 
 
+def test_a_single_site_dataset_is_named_in_a_warning(tmp_path):
+    brain, mask = toy_brain((0.2, 0.5, 0.9), 0)
+    messages: list[str] = []
+    options = GroupOptions(train_steps=1, batch_size=2, patch_size=16, base_channels=8,
+                           shifted_copies=1, checkpoint_every=1, device="cpu")
+    fit_group_model({"sub-0": {"siteA": brain}}, {"sub-0": mask}, ["sub-0"], tmp_path / "m",
+                    tmp_path / "w", options, log=messages.append)
+    assert any(m.startswith("WARNING: every image is at one site (siteA)") for m in messages)
+
+
 def test_fit_group_model_needs_shifted_copies(tmp_path):
     """Each participant is at one site: without shifted copies the model would only
     learn to copy its input."""

@@ -275,6 +275,10 @@ def fit_group_model(volumes: dict, masks: dict, used: list[str], models_dir: Pat
             by_site.setdefault(site, []).append((vol, masks[sub]))
     landmarks = site_landmarks(by_site)
     log(f"Training on {len(used)} image(s) from {len(sites)} site(s): {', '.join(sites)}")
+    if len(sites) == 1:
+        log(f"WARNING: every image is at one site ({sites[0]}): the model learns that site "
+            "only, and the site adversary has nothing to tell apart. Check the site table "
+            "(--site-column, participants.tsv) if the dataset holds several scanners.")
     recipe, start, licences = {}, None, {}
     if options.start_from is None:
         model = HarmonizationModel(ModelConfig(sites=sites, base_channels=options.base_channels,
