@@ -104,6 +104,6 @@ def test_a_site_without_landmarks_says_where_its_rows_come_from():
                                     "nolandmarks": known.sites[0]}
     assert start["site_donor_basis"] == {
         "ge15tspgr": "same site", "new15t": "nearest tissue landmarks",
-        "nolandmarks": "first known site (no tissue landmarks measured for this site)"}
+        "nolandmarks": "first known site (no tissue landmarks to choose by)"}
     assert any(m.startswith("WARNING: site 'nolandmarks'") for m in messages)
     assert not any("no model card" in m for m in messages)

@@ -65,21 +65,6 @@ def recipe_from_card(card: dict) -> dict:
     return {key: training[key] for key in RECIPE_FIELDS if key in training}
 
 
-def donor_basis(site: str, known_sites: tuple[str, ...], landmarks: dict) -> str:
-    """Why :func:`~harmonize_bids.training.warm_start.site_donors` chose a site's donor.
-
-    >>> donor_basis("a", ("a", "b"), {}), donor_basis("x", ("a",), {"x": [1.0]})
-    ('same site', 'nearest tissue landmarks')
-    >>> donor_basis("x", ("a",), {"x": None})
-    'first known site (no tissue landmarks measured for this site)'
-    """
-    if site in known_sites:
-        return "same site"
-    if landmarks.get(site) is None:
-        return "first known site (no tissue landmarks measured for this site)"
-    return "nearest tissue landmarks"
-
-
 def starting_model(start_from: Path, sites: tuple[str, ...], landmarks: dict,
                    log: Callable[[str], None] = print):
     """The earlier model's network for the dataset's ``sites``: ``(model, card, start)``.
@@ -92,21 +77,22 @@ def starting_model(start_from: Path, sites: tuple[str, ...], landmarks: dict,
 
     from harmonize_bids.diffusion.checkpoint import file_sha256, load_model
     from harmonize_bids.diffusion.model import HarmonizationModel
-    from harmonize_bids.training.warm_start import site_donors, with_sites
+    from harmonize_bids.training.warm_start import FIRST_KNOWN, donor_choices, with_sites
 
     earlier, card = load_model(start_from)
     if not card:
         log(f"WARNING: {start_from} has no model card beside it: the fine-tune cannot "
             "take over its loss terms and uses the group level's own")
     known = earlier.config.site_landmarks
-    new = {site: landmarks.get(site) for site in sites}
-    donors = site_donors(known, new, earlier.config.sites)
-    basis = {site: donor_basis(site, earlier.config.sites, new) for site in sites}
+    choices = donor_choices(known, {site: landmarks.get(site) for site in sites},
+                            earlier.config.sites)
+    donors = {site: donor for site, (donor, _) in choices.items()}
+    basis = {site: why for site, (_, why) in choices.items()}
     for site, why in basis.items():
-        if why.startswith("first known site"):
+        if why == FIRST_KNOWN:
             log(f"WARNING: site '{site}' starts from '{donors[site]}', the starting model's "
-                "first site: none of its brains gave tissue intensity landmarks to choose "
-                "a donor by")
+                "first site: there are no tissue intensity landmarks (of its brains, or of "
+                "the starting model's sites) to choose a donor by")
     config = dataclasses.replace(earlier.config, sites=sites, site_landmarks=landmarks)
     model = HarmonizationModel(config)
     model.load_state_dict(with_sites(earlier.state_dict(), earlier.config.sites, donors,

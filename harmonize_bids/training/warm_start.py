@@ -73,9 +73,17 @@ def still_unseen(earlier_held_out: Iterable[str] | None, trained_on: Iterable[st
     return [name for name in (earlier_held_out or []) if name not in used]
 
 
-def site_donors(known: Mapping[str, Sequence[float]], new: Mapping[str, Sequence[float] | None],
-                known_sites: Sequence[str]) -> dict[str, str]:
-    """For each new site, the known site whose learned rows it starts from.
+#: why a site's donor was chosen (:func:`donor_choices`)
+SAME_SITE = "same site"
+NEAREST = "nearest tissue landmarks"
+FIRST_KNOWN = "first known site (no tissue landmarks to choose by)"
+
+
+def donor_choices(known: Mapping[str, Sequence[float]],
+                  new: Mapping[str, Sequence[float] | None],
+                  known_sites: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """For each new site, ``(donor, why)``: the known site whose learned rows it starts
+    from, and on what basis (:data:`SAME_SITE`, :data:`NEAREST`, :data:`FIRST_KNOWN`).
 
     ``known`` and ``new`` map sites to their tissue intensity landmarks (two vectors
     of different schemes are compared by their tissue medians).  A new site the earlier model knows by name
@@ -84,9 +92,11 @@ def site_donors(known: Mapping[str, Sequence[float]], new: Mapping[str, Sequence
     site starts from a 1.5 T site.  Without landmarks on either side the first
     known site is used.
 
-    >>> site_donors({"a": [.1, .2, .5, .9, 1.], "b": [.1, .4, .7, .9, 1.]},
-    ...             {"b": None, "x": [.2, .8, 1.4, 1.8, 2.]}, ["a", "b"])
-    {'b': 'b', 'x': 'b'}
+    >>> donor_choices({"a": [.1, .2, .5, .9, 1.], "b": [.1, .4, .7, .9, 1.]},
+    ...               {"b": None, "x": [.2, .8, 1.4, 1.8, 2.]}, ["a", "b"])["x"]
+    ('b', 'nearest tissue landmarks')
+    >>> donor_choices({}, {"x": [.2, .8, 1.4, 1.8, 2.]}, ["a", "b"])["x"][1]
+    'first known site (no tissue landmarks to choose by)'
     """
     from harmonize_bids.site_intensity import coarsen, in_wm_units
 
@@ -98,15 +108,28 @@ def site_donors(known: Mapping[str, Sequence[float]], new: Mapping[str, Sequence
     if not known_sites:
         raise ValueError("the earlier model knows no sites")
     candidates = {site: values for site, values in known.items() if site in known_sites}
-    donors = {}
+    choices = {}
     for site, values in new.items():
         if site in known_sites:
-            donors[site] = site
+            choices[site] = (site, SAME_SITE)
         elif values is None or not candidates:
-            donors[site] = known_sites[0]
+            choices[site] = (known_sites[0], FIRST_KNOWN)
         else:
-            donors[site] = min(candidates, key=lambda k: distance(candidates[k], values))
-    return donors
+            choices[site] = (min(candidates, key=lambda k: distance(candidates[k], values)),
+                             NEAREST)
+    return choices
+
+
+def site_donors(known: Mapping[str, Sequence[float]], new: Mapping[str, Sequence[float] | None],
+                known_sites: Sequence[str]) -> dict[str, str]:
+    """For each new site, the known site whose learned rows it starts from
+    (:func:`donor_choices` without the reasons).
+
+    >>> site_donors({"a": [.1, .2, .5, .9, 1.], "b": [.1, .4, .7, .9, 1.]},
+    ...             {"b": None, "x": [.2, .8, 1.4, 1.8, 2.]}, ["a", "b"])
+    {'b': 'b', 'x': 'b'}
+    """
+    return {site: donor for site, (donor, _) in donor_choices(known, new, known_sites).items()}
 
 
 def with_sites(weights: Mapping[str, torch.Tensor], known_sites: Sequence[str],
