@@ -29,12 +29,12 @@ def test_sidecars_and_boilerplate_name_the_registration_that_ran():
 
     for sloppy, transform in ((False, "Affine + SyN"), (True, "Affine")):
         ds = init_ds_anat_wf(output_dir="/out", source_entities={"subject": "01"}, site="a",
-                             random_seed=3, transform=AntsSettings.for_run(sloppy).transform,
+                             random_seed=3, registration=AntsSettings.for_run(sloppy).registration,
                              sloppy=sloppy)
         meta = ds.get_node("ds_t1w2std_xfm").inputs.metadata
         assert meta["RegistrationTransform"] == transform and meta["Sloppy"] is sloppy
         desc = init_anat_preproc_wf(omp_nthreads=1, sloppy=sloppy, random_seed=0).__desc__
-        assert ("affine only" in desc) is sloppy and ("SyN" in desc) is not sloppy
+        assert ("--sloppy" in desc) is sloppy and ("SyN" in desc) is not sloppy
 
 
 def test_second_n4_is_fitted_on_the_extracted_brain():

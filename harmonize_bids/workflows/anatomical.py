@@ -37,6 +37,15 @@ class AntsSettings:
     aff_iterations: tuple[int, ...]
     syn_iterations: tuple[int, ...]
 
+    @property
+    def registration(self) -> str:
+        """The transforms fitted to the template, as sidecars and methods name them.
+
+        >>> AntsSettings.for_run(True).registration, AntsSettings.for_run(False).registration
+        ('Affine', 'Affine + SyN')
+        """
+        return "Affine" if self.transform == "Affine" else f"Affine + {self.transform}"
+
     @classmethod
     def for_run(cls, sloppy: bool) -> "AntsSettings":
         if sloppy:
@@ -104,9 +113,8 @@ def init_anat_preproc_wf(*, omp_nthreads: int, sloppy: bool, random_seed: int,
         "probability map, "
         + ("corrected with N4 again with the field fitted inside the brain mask, "
            if settings.n4_in_brain else "")
-        + "and registered to MNI152NLin2009aSym ("
-        + ("ANTs affine only: --sloppy" if settings.transform == "Affine"
-           else f"ANTs affine + {settings.transform}") + ")."
+        + f"and registered to MNI152NLin2009aSym (ANTs {settings.registration}"
+        + (", --sloppy)." if sloppy else ").")
     )
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=[

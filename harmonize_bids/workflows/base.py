@@ -63,7 +63,7 @@ def init_harmonize_bids_wf(*, records: list[T1wRecord], output_dir: Path, omp_nt
         anat_preproc_wf.inputs.inputnode.t1w = str(record.path)
         ds_anat_wf = init_ds_anat_wf(
             output_dir=output_dir, source_entities=dict(record.entities), site=record.site,
-            random_seed=random_seed, transform=AntsSettings.for_run(sloppy).transform,
+            random_seed=random_seed, registration=AntsSettings.for_run(sloppy).registration,
             sloppy=sloppy)
         single_wf.connect(
             anat_preproc_wf, "outputnode.intensity_scale", ds_anat_wf, "inputnode.intensity_scale")

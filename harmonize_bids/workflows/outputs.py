@@ -26,20 +26,20 @@ def _scaling_metadata(scale: float) -> dict:
 
 
 def init_ds_anat_wf(*, output_dir: Path, source_entities: dict[str, Any], site: str,
-                    random_seed: int, transform: str = "SyN", sloppy: bool = False,
+                    random_seed: int, registration: str = "Affine + SyN",
+                    sloppy: bool = False,
                     name: str = "ds_anat_wf") -> pe.Workflow:
     """Save the preprocessing derivatives of one T1w image.
 
     Inputs are the outputs of :func:`~harmonize_bids.workflows.anatomical.init_anat_preproc_wf`
-    (plus ``intensity_scale``); each is written with its sidecar.  ``transform`` and
-    ``sloppy`` record how the registration was run (``--sloppy``: affine only).
+    (plus ``intensity_scale``); each is written with its sidecar.  ``registration``
+    (:attr:`AntsSettings.registration`) and ``sloppy`` record how it was registered.
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=[*ANAT_OUTPUTS, "intensity_scale"]),
                         name="inputnode")
     registration_meta = {"RandomSeed": random_seed, "Software": "ANTs (antspyx)",
-                         "RegistrationTransform": "Affine" if transform == "Affine"
-                         else f"Affine + {transform}", "Sloppy": bool(sloppy)}
+                         "RegistrationTransform": registration, "Sloppy": bool(sloppy)}
     for field, kind in ANAT_OUTPUTS.items():
         sink = pe.Node(DerivativesSink(
             output_dir=str(output_dir), kind=kind, source_entities=source_entities, site=site),
